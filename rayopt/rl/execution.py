@@ -15,7 +15,9 @@ orthogonal initialiser under ``vmap`` runs a batched LAPACK QR that deadlocks th
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -39,43 +41,62 @@ def plan(num_seeds: int, devices: Sequence[jax.Device] | None = None) -> tuple[i
     return used, math.ceil(num_seeds / used)
 
 
-@lru_cache(maxsize=64)
-def _compiled(trainer: Trainer, n_devices: int, per_device: int):
-    devices = jax.local_devices()[:n_devices]
-    mesh = Mesh(np.asarray(devices), ("seeds",))
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Metrics with a leading seed axis (numpy), and where the time went."""
 
-    def per_device_fn(keys: jax.Array) -> Metrics:
-        states = jax.lax.map(trainer.init, keys)  # sequential: no batched QR
+    metrics: Metrics
+    compile_s: float
+    run_s: float
+
+
+def _per_device_fn(trainer: Trainer):
+    def per_device(keys: jax.Array) -> Metrics:
+        states = jax.lax.map(trainer.init, keys)  # sequential: no batched QR under vmap
         return jax.vmap(trainer.run)(states)
 
+    return per_device
+
+
+@lru_cache(maxsize=16)
+def _compiled(trainer: Trainer, n_devices: int, per_device: int):
+    """AOT-compiled training for this layout, and the seconds compiling took."""
+    mesh = Mesh(np.asarray(jax.local_devices()[:n_devices]), ("seeds",))
     sharded = jax.shard_map(
-        per_device_fn,
+        _per_device_fn(trainer),
         mesh=mesh,
         in_specs=PartitionSpec("seeds"),
         out_specs=PartitionSpec("seeds"),
         check_vma=False,
     )
-    return jax.jit(sharded)
+    t0 = time.perf_counter()
+    example = seed_keys(range(n_devices * per_device))
+    compiled = jax.jit(sharded).lower(example).compile()
+    return compiled, time.perf_counter() - t0
 
 
-def train_seeds(trainer: Trainer, seeds: Sequence[int]) -> Metrics:
-    """Train ``trainer`` once per seed; returns numpy metrics with a leading seed axis.
+def train_seeds(trainer: Trainer, seeds: Sequence[int]) -> TrainResult:
+    """Train ``trainer`` once per seed.
 
-    The compiled function is cached per (trainer, layout): reuse the trainer object to
-    skip recompiling.
+    The compiled executable is cached per (trainer, layout): reuse the trainer object
+    to skip recompiling (``compile_s`` is then 0).
     """
     seeds = list(seeds)
     if not seeds:
         raise ValueError("need at least one seed")
     n_devices, per_device = plan(len(seeds))
+    hit = _compiled.cache_info().hits
+    compiled, compile_s = _compiled(trainer, n_devices, per_device)
+    if _compiled.cache_info().hits > hit:
+        compile_s = 0.0
     padded = seeds + [seeds[-1]] * (n_devices * per_device - len(seeds))
-    fn = _compiled(trainer, n_devices, per_device)
-    out = jax.device_get(fn(seed_keys(padded)))
-    return Metrics(*(np.asarray(x)[: len(seeds)] for x in out))
+    t0 = time.perf_counter()
+    out = jax.device_get(compiled(seed_keys(padded)))
+    run_s = time.perf_counter() - t0
+    metrics = Metrics(*(np.asarray(x)[: len(seeds)] for x in out))
+    return TrainResult(metrics, compile_s, run_s)
 
 
-def lower(trainer: Trainer, num_seeds: int):
-    """The jitted function for ``num_seeds`` seeds and example keys (for AOT compile timing)."""
-    n_devices, per_device = plan(num_seeds)
-    keys = seed_keys(list(range(n_devices * per_device)))
-    return _compiled(trainer, n_devices, per_device), keys
+def clear_compiled() -> None:
+    """Drop every compiled trainer (an evaluator calls this between candidates)."""
+    _compiled.cache_clear()

@@ -1,0 +1,5 @@
+import sys
+
+from rayopt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""The ``rayopt`` command. Each subcommand parses its arguments here and hands over to
+the module that owns the concept; imports are lazy so ``rayopt --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _float_int(text: str) -> int:
+    """Accept ``5e5`` and ``500000`` for integer budgets."""
+    value = float(text)
+    if value != int(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
+    return int(value)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# ---------------------------------------------------------------- evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="train PPO with named optimisers on named environments and tabulate returns",
+        description="Run each optimiser on each environment for S seeds (Table 1 PPO "
+        "config of the environment, with the overrides given) and print final return and "
+        "AUC, mean and IQM over seeds.",
+    )
+    p.add_argument("--optimizers", "--optimisers", type=_csv, default=["adam"],
+                   help="comma-separated: adam, sign_update, relative_update, gradient_step, "
+                   "clipped_update, discovered_1..3, open, or paths to .py files")
+    p.add_argument("--envs", default="CartPole-v1",
+                   help="comma-separated env ids or aliases (minatar = the four MinAtar games)")
+    p.add_argument("--seeds", type=int, default=4, help="number of seeds (0..S-1)")
+    p.add_argument("--total-timesteps", type=_float_int, default=None)
+    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--activation", choices=["relu", "tanh"], default=None)
+    p.add_argument("--num-envs", type=int, default=None)
+    p.add_argument("--truncation", choices=["bootstrap", "terminate"], default=None)
+    p.add_argument("--open-weights", default=None, help="path to an OPEN checkpoint (.npy)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rliable import metrics as rly
+
+    from rayopt.optim import resolve
+    from rayopt.rl.envs import parse_envs
+    from rayopt.rl.evaluation import evaluate
+    from rayopt.rl.ppo import config_for
+
+    overrides = {
+        k: v
+        for k, v in dict(
+            total_timesteps=args.total_timesteps,
+            hidden_size=args.hidden_size,
+            activation=args.activation,
+            num_envs=args.num_envs,
+            truncation=args.truncation,
+        ).items()
+        if v is not None
+    }
+    specs = [resolve(o, open_weights=args.open_weights) for o in args.optimizers]
+    envs = parse_envs(args.envs)
+    rows = []
+    for spec in specs:
+        for env in envs:
+            r = evaluate(spec, config_for(env, **overrides), range(args.seeds))
+            fr, auc = np.asarray(r.final_return, float), np.asarray(r.auc, float)
+            rows.append(
+                dict(
+                    optimizer=spec.name,
+                    env=env,
+                    seeds=args.seeds,
+                    final_mean=float(np.nanmean(fr)),
+                    final_iqm=float(rly.aggregate_iqm(fr[:, None])),
+                    auc_mean=float(np.nanmean(auc)),
+                    auc_iqm=float(rly.aggregate_iqm(auc[:, None])),
+                    finite=bool(np.all(r.finite)),
+                    final_return=fr.tolist(),
+                    compile_s=round(r.compile_s, 2),
+                    run_s=round(r.run_s, 2),
+                    steps_per_s=round(r.env_steps / r.run_s),
+                )
+            )
+            if not args.json:
+                print(_row(rows[-1], header=len(rows) == 1), flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _row(r: dict, header: bool) -> str:
+    cols = ("optimizer", "env", "final_mean", "final_iqm", "auc_mean", "auc_iqm", "finite",
+            "compile_s", "run_s")
+    widths = (16, 24, 11, 10, 9, 8, 7, 10, 8)
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    line = "".join(f"{fmt(r[c]):>{w}}" if i > 1 else f"{fmt(r[c]):<{w}}"
+                   for i, (c, w) in enumerate(zip(cols, widths)))
+    if not header:
+        return line
+    head = "".join(f"{c:>{w}}" if i > 1 else f"{c:<{w}}" for i, (c, w) in enumerate(zip(cols, widths)))
+    return f"{head}\n{line}"
+
+
+# ---------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from rayopt import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="rayopt",
+        description="Discover hyperparameter-free optimisers for RL, on Ray.",
+    )
+    parser.add_argument("--version", action="version", version=f"rayopt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_evaluate(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

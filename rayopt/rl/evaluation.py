@@ -1,0 +1,64 @@
+"""One evaluation: an optimiser trains PPO on one environment for several seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from rayopt.optim import OptimiserSpec, build
+from rayopt.rl.execution import clear_compiled, train_seeds
+from rayopt.rl.ppo import PPOConfig, Trainer, make_train
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvResult:
+    """Per-seed outcomes of one optimiser on one environment (arrays: leading seed axis)."""
+
+    optimiser: str
+    env: str
+    seeds: tuple[int, ...]
+    final_return: np.ndarray
+    auc: np.ndarray
+    return_curve: np.ndarray
+    finite: np.ndarray
+    compile_s: float
+    run_s: float
+    config: PPOConfig
+
+    @property
+    def env_steps(self) -> int:
+        c = self.config
+        return len(self.seeds) * c.num_updates * c.num_envs * c.num_steps
+
+
+@lru_cache(maxsize=8)
+def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
+    """A cached trainer, so a repeated (optimiser, config) reuses its compiled code."""
+    return make_train(config, build(spec, config.max_grad_norm))
+
+
+def evaluate(spec: OptimiserSpec, config: PPOConfig, seeds: Sequence[int]) -> EnvResult:
+    """Train PPO with ``spec`` on ``config.env`` once per seed."""
+    result = train_seeds(trainer_for(spec, config), seeds)
+    m = result.metrics
+    return EnvResult(
+        optimiser=spec.name,
+        env=config.env,
+        seeds=tuple(int(s) for s in seeds),
+        final_return=m.final_return,
+        auc=m.auc,
+        return_curve=m.return_curve,
+        finite=m.finite,
+        compile_s=result.compile_s,
+        run_s=result.run_s,
+        config=config,
+    )
+
+
+def release() -> None:
+    """Forget cached trainers and executables (memory back between candidates)."""
+    trainer_for.cache_clear()
+    clear_compiled()

@@ -1,0 +1,87 @@
+"""The mutator interface: given a base optimiser, context optimisers and this
+generation's history, propose new code (paper §5.3.2-5.3.3).
+
+Two implementations: the offline AST mutator (no network; the default and an ablation
+baseline) and the LLM thinker/coder. Both are async so a mutator actor can run many
+proposals at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, runtime_checkable
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """An evaluated optimiser as a mutator sees it.
+
+    final_return / auc: per environment, the mean over seeds. curves: per environment,
+    the mean return curve downsampled (only filled when the config asks for it).
+    """
+
+    candidate_id: str
+    code: str
+    final_return: dict[str, float]
+    auc: dict[str, float]
+    idea: str | None = None
+    curves: dict[str, list[float]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MutationRequest:
+    """One refinement step. ``current`` is the optimiser to change (the base at step 0,
+    then the latest refinement); ``context`` the best optimiser per environment;
+    ``history`` this generation's earlier steps, oldest first."""
+
+    current: Scored
+    context: tuple[Scored, ...]
+    history: tuple[Scored, ...]
+    seed: int
+    run_id: str = ""
+    island: int = 0
+    generation: int = 0
+    step: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CallRecord:
+    """Accounting for one model call (or one offline mutation attempt)."""
+
+    role: str  # thinker | coder | offline
+    provider: str
+    model: str
+    attempt: int
+    ok: bool
+    latency_s: float
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MutationResult:
+    """A proposal, or a structured failure (``ok`` False, ``error`` says why)."""
+
+    ok: bool
+    mutator: str
+    code: str | None = None
+    idea: str | None = None
+    thought: str | None = None
+    calls: tuple[CallRecord, ...] = ()
+    error: str | None = None
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.calls)
+
+
+@runtime_checkable
+class Mutator(Protocol):
+    """Anything with a name and an async ``propose``; it must never raise for a bad
+    model reply or bad code: it returns ``MutationResult(ok=False, error=...)``."""
+
+    name: str
+
+    async def propose(self, request: MutationRequest) -> MutationResult: ...
