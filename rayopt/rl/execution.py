@@ -50,10 +50,18 @@ class TrainResult:
     run_s: float
 
 
+def init_many(trainer: Trainer, keys: jax.Array):
+    """Initialise one agent per key, one after another.
+
+    Never ``vmap(trainer.init)``: on CPU with jaxlib 0.10 the batched QR of the
+    orthogonal initialiser deadlocks. Sequential init costs microseconds.
+    """
+    return jax.lax.map(trainer.init, keys)
+
+
 def _per_device_fn(trainer: Trainer):
     def per_device(keys: jax.Array) -> Metrics:
-        states = jax.lax.map(trainer.init, keys)  # sequential: no batched QR under vmap
-        return jax.vmap(trainer.run)(states)
+        return jax.vmap(trainer.run)(init_many(trainer, keys))
 
     return per_device
 

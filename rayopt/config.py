@@ -1,0 +1,304 @@
+"""Typed configuration: dataclasses loaded from YAML with ``key=value`` overrides.
+
+Unknown keys and ill-typed values are errors that name the key, raised before anything
+starts. The defaults of :class:`DiscoveryConfig` *are* the quickstart (a CPU run of a
+few minutes); ``configs/quickstart.yaml`` spells them out and ``configs/paper.yaml``
+sets Table 1 / Table 2 exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+# ------------------------------------------------------------------ schema
+@dataclasses.dataclass
+class PPOSection:
+    """PPO settings for discovery. Each env starts from its Table 1 column; ``overrides``
+    apply to every env and ``per_env`` to one (keys: PPOConfig fields)."""
+
+    overrides: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"total_timesteps": 40_960, "num_envs": 32, "num_steps": 64}
+    )
+    per_env: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {"CartPole-v1": {"num_envs": 4, "num_steps": 128, "total_timesteps": 30_720}}
+    )
+
+
+@dataclasses.dataclass
+class SearchSection:
+    """The evolutionary loop (paper §5.3, Table 2)."""
+
+    generations: int = 3  # per island (paper: 80, one island)
+    refinements: int = 2  # refinement steps per generation (paper: 8)
+    top_k: int = 5  # "number of top optimisers"
+    exploit_p: float = 0.8  # probability of picking the base among the top_k
+    initial: list[str] = dataclasses.field(
+        default_factory=lambda: ["sign_update", "relative_update", "gradient_step", "clipped_update"]
+    )
+    lineages_per_island: int = 1  # generations of one island in flight at once
+    max_eval_attempts: int = 3  # evaluator crashes tolerated per evaluation
+    literal_policy: Literal["record", "penalise", "reject"] = "record"
+    literal_penalty: float = 0.5  # rank penalty per tunable literal a candidate introduces
+    max_new_literals: int = 0  # "reject" drops candidates introducing more than this
+
+
+@dataclasses.dataclass
+class IslandsSection:
+    """Island model: each island has its own archive; every ``interval`` finished
+    generations an island copies its best ``migrants`` to its neighbours."""
+
+    count: int = 2
+    interval: int = 1
+    migrants: int = 1
+    topology: Literal["ring", "random", "full"] = "ring"
+
+
+@dataclasses.dataclass
+class CascadeSection:
+    """Cheap stages before the full evaluation: dedup, then a short single-env run whose
+    failure (non-finite parameters, or return below ``random_margin`` x a random
+    policy's) ends the candidate early."""
+
+    enabled: bool = True
+    dedup: bool = True
+    env: str = "CartPole-v1"
+    total_timesteps: int = 10_240
+    seeds: int = 1
+    random_margin: float = 0.5
+
+
+@dataclasses.dataclass
+class MutatorSection:
+    """Who proposes new code: ``offline`` (typed AST mutations, no network) or ``llm``
+    (thinker + coder; settings in ``llm``, see docs/llm.md)."""
+
+    kind: Literal["offline", "llm"] = "offline"
+    actors: int = 1
+    concurrency: int = 16  # proposals in flight per mutator actor
+    llm: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class EvaluatorSection:
+    """Evaluator actors. ``count`` 0 means one per GPU, or one on a CPU-only cluster.
+    ``num_gpus`` may be fractional (JAX's memory fraction is set to match)."""
+
+    count: int = 0
+    num_gpus: float = 0.0
+    num_cpus: float = 0.0  # 0: all CPUs of the node when there is no GPU, else 1
+    run_ahead: float = 1.0  # queued evaluations allowed per evaluator slot
+
+
+@dataclasses.dataclass
+class DiscoveryConfig:
+    """One discovery: meta-seeds x islands x generations of refinement."""
+
+    name: str = "quickstart"
+    out_dir: str = "runs"
+    meta_seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    envs: list[str] = dataclasses.field(default_factory=lambda: ["CartPole-v1", "Breakout-MinAtar"])
+    seeds: int = 2  # evaluation seeds per env (paper: 8)
+    address: str | None = None  # Ray address; None starts a local instance
+    progress_s: float = 10.0  # seconds between progress lines
+    ppo: PPOSection = dataclasses.field(default_factory=PPOSection)
+    search: SearchSection = dataclasses.field(default_factory=SearchSection)
+    islands: IslandsSection = dataclasses.field(default_factory=IslandsSection)
+    cascade: CascadeSection = dataclasses.field(default_factory=CascadeSection)
+    mutator: MutatorSection = dataclasses.field(default_factory=MutatorSection)
+    evaluator: EvaluatorSection = dataclasses.field(default_factory=EvaluatorSection)
+
+    def validate(self) -> DiscoveryConfig:
+        """Checks that need more than types: names exist, numbers are in range."""
+        from rayopt.optim import LIBRARY
+        from rayopt.rl.envs import parse_envs
+        from rayopt.rl.ppo import PPOConfig, config_for
+
+        try:
+            self.envs = list(parse_envs(self.envs))
+            self.cascade.env = parse_envs([self.cascade.env])[0]
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        fields = {f.name for f in dataclasses.fields(PPOConfig)} - {"env"}
+        for where, d in [("ppo.overrides", self.ppo.overrides),
+                         *((f"ppo.per_env.{k}", v) for k, v in self.ppo.per_env.items())]:
+            unknown = set(d) - fields
+            if unknown:
+                raise ConfigError(f"{where}: unknown PPO setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+        for env in self.envs:
+            try:
+                self.ppo_config(env)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"PPO config for {env}: {err}") from None
+        try:
+            config_for(self.cascade.env, **{**self.ppo_overrides(self.cascade.env),
+                                            "total_timesteps": self.cascade.total_timesteps})
+        except ValueError as err:
+            raise ConfigError(f"cascade: {err}") from None
+        for name in self.search.initial:
+            if name not in LIBRARY or name == "open":
+                raise ConfigError(f"search.initial: {name!r} is not a library optimiser")
+        checks = [
+            (self.search.generations >= 1, "search.generations must be >= 1"),
+            (self.search.refinements >= 1, "search.refinements must be >= 1"),
+            (0.0 <= self.search.exploit_p <= 1.0, "search.exploit_p must be in [0, 1]"),
+            (self.search.top_k >= 1, "search.top_k must be >= 1"),
+            (self.search.lineages_per_island >= 1, "search.lineages_per_island must be >= 1"),
+            (self.search.max_eval_attempts >= 1, "search.max_eval_attempts must be >= 1"),
+            (self.islands.count >= 1, "islands.count must be >= 1"),
+            (self.islands.interval >= 1, "islands.interval must be >= 1"),
+            (self.islands.migrants >= 0, "islands.migrants must be >= 0"),
+            (self.seeds >= 1, "seeds must be >= 1"),
+            (bool(self.meta_seeds), "meta_seeds must not be empty"),
+            (len(set(self.meta_seeds)) == len(self.meta_seeds), "meta_seeds must be distinct"),
+            (self.mutator.actors >= 1, "mutator.actors must be >= 1"),
+            (self.evaluator.count >= 0, "evaluator.count must be >= 0"),
+            (self.evaluator.num_gpus >= 0, "evaluator.num_gpus must be >= 0"),
+            (self.evaluator.run_ahead >= 0, "evaluator.run_ahead must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.mutator.kind == "llm":
+            from rayopt.search.mutators.llm import LLMConfig
+
+            try:
+                LLMConfig.from_dict(self.mutator.llm)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"mutator.llm: {err}") from None
+        return self
+
+    def ppo_overrides(self, env: str) -> dict[str, Any]:
+        return {**self.ppo.overrides, **self.ppo.per_env.get(env, {})}
+
+    def ppo_config(self, env: str) -> Any:
+        """The PPOConfig an env is evaluated with during discovery."""
+        from rayopt.rl.ppo import config_for
+
+        return config_for(env, **self.ppo_overrides(env))
+
+
+# ------------------------------------------------------------------ loading
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(
+            f"{where + ': ' if where else ''}unknown key(s) {sorted(unknown)}; known: {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value or {}, where)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: must be one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(tp)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_t, val_t = get_args(tp)
+        return {_coerce(key_t, k, where): _coerce(val_t, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested mapping."""
+    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: {err}") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = apply_overrides(data, overrides or [])
+    return from_dict(cls, data)
+
+
+def load_discovery(path: str | Path | None = None, overrides: list[str] | None = None) -> DiscoveryConfig:
+    return load(DiscoveryConfig, path, overrides).validate()
+
+
+def dump(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

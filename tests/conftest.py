@@ -1,0 +1,16 @@
+"""Shared fixtures: compiled trainers and Ray instances are expensive, so tests share them."""
+
+from __future__ import annotations
+
+import rayopt  # noqa: F401  (first: sets the XLA host-device flag before JAX starts)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cartpole():
+    """A tiny CartPole PPO config (a few updates) for plumbing tests."""
+    from rayopt.rl.ppo import config_for
+
+    return config_for("CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2,
+                      update_epochs=2, total_timesteps=4 * 16 * 3)
