@@ -46,7 +46,14 @@ class MutationRequest:
 
 @dataclasses.dataclass(frozen=True)
 class CallRecord:
-    """Accounting for one model call (or one offline mutation attempt)."""
+    """Accounting for one model call (or one offline mutation attempt).
+
+    For LLM calls there is one record per HTTP request: ``attempt`` is the role's
+    attempt (1..max attempts, a new reply asked for), ``retry`` the transport retry
+    within it (0 first, then after 429/5xx/timeouts). ``ok`` is True only for the
+    request whose reply was used. ``priced`` is False when the model had no entry in
+    the price table, so ``cost_usd`` is 0 for want of a price, not because it was free.
+    """
 
     role: str  # thinker | coder | offline
     provider: str
@@ -58,6 +65,8 @@ class CallRecord:
     tokens_out: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    retry: int = 0
+    priced: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

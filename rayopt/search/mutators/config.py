@@ -1,0 +1,297 @@
+"""Typed configuration of the LLM mutator, as read from the ``mutator:`` block of a
+discovery YAML.
+
+Defaults follow the paper (App. A, Table 2): 3 thinker and 3 coder attempts per
+refinement step, thinker temperature 0.7, coder temperature 0.3, GPT-4o
+(``gpt-4o-2024-05-13``). ``from_dict`` is strict: a misspelt key or a wrong type is
+an error naming the offending path, because a silently ignored ``max_retries`` costs
+money.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: The providers the client layer speaks (see providers.py).
+PROVIDERS = ("openai", "anthropic", "openai_compatible")
+
+#: Paper, App. A (Table 2).
+THINKER_TEMPERATURE = 0.7
+CODER_TEMPERATURE = 0.3
+PAPER_MODEL = "gpt-4o-2024-05-13"
+
+#: The env var read when a role names none. openai_compatible servers (vLLM, Ollama,
+#: llama.cpp) usually need no key, so it has no default.
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+_ROLE_TEMPERATURE = {"thinker": THINKER_TEMPERATURE, "coder": CODER_TEMPERATURE}
+
+
+class ConfigError(ValueError):
+    """A mutator config that cannot be used; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleConfig:
+    """Where one role (thinker or coder) sends its requests.
+
+    ``temperature`` None means "do not send one". It must be None for ``anthropic``:
+    Anthropic's API version 2026-10-21, which anthropic SDK 2.x sends, answers 400 to
+    any sampling parameter (the SDK no longer has them).
+    """
+
+    provider: str = "openai"
+    model: str = PAPER_MODEL
+    base_url: str | None = None
+    api_key_env: str | None = None
+    temperature: float | None = None
+    max_tokens: int = 4096
+    timeout_s: float = 120.0
+    json_mode: bool = False  # OpenAI response_format={"type": "json_object"}
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
+        if not self.model:
+            raise ConfigError("model must be a non-empty string")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise ConfigError("provider openai_compatible needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.provider == "anthropic" and self.temperature is not None:
+            raise ConfigError(
+                "anthropic: the Messages API (version 2026-10-21, sent by anthropic SDK 2.x) "
+                "rejects temperature/top_p/top_k with HTTP 400; set temperature: null"
+            )
+        if self.provider == "anthropic" and self.json_mode:
+            raise ConfigError("json_mode is an OpenAI chat-completions option; not for anthropic")
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(f"temperature must be in [0, 2], got {self.temperature}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+    @property
+    def key_env(self) -> str | None:
+        """The environment variable holding this role's API key (None: no key)."""
+        return self.api_key_env or DEFAULT_KEY_ENV.get(self.provider)
+
+    @classmethod
+    def for_role(cls, role: str, **overrides: Any) -> RoleConfig:
+        """A role config with the paper's temperature for ``role`` unless overridden
+        (none for anthropic, which refuses one)."""
+        if "temperature" not in overrides and overrides.get("provider") != "anthropic":
+            overrides["temperature"] = _ROLE_TEMPERATURE[role]
+        return cls(**overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+
+    def __post_init__(self) -> None:
+        if self.input < 0 or self.output < 0:
+            raise ConfigError("prices must be >= 0")
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.input + tokens_out * self.output) / 1e6
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptPaths:
+    """Overrides for the packaged prompt templates (rayopt/search/prompts/*.txt); None
+    keeps the packaged file. Relative paths are resolved by ``from_dict``."""
+
+    thinker_system: str | None = None
+    thinker_user: str | None = None
+    coder_system: str | None = None
+    coder_user: str | None = None
+    coder_retry: str | None = None
+
+
+def _default_concurrency() -> dict[str, int]:
+    return {"openai": 8, "anthropic": 8, "openai_compatible": 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """Everything the LLM mutator needs. See docs/llm.md for the YAML shape."""
+
+    kind: str = "llm"
+    thinker: RoleConfig = dataclasses.field(default_factory=lambda: RoleConfig.for_role("thinker"))
+    coder: RoleConfig = dataclasses.field(default_factory=lambda: RoleConfig.for_role("coder"))
+    max_thinker_attempts: int = 3
+    max_coder_attempts: int = 3
+    #: Transport retries per model call (429, 5xx, timeouts, connection errors).
+    max_retries: int = 4
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    #: A server's retry-after is honoured up to this many seconds.
+    retry_after_max_s: float = 120.0
+    #: Requests in flight at once per provider endpoint, within one process.
+    concurrency: dict[str, int] = dataclasses.field(default_factory=_default_concurrency)
+    #: model name (exactly as configured) -> USD per 1M input/output tokens.
+    price_table: dict[str, Price] = dataclasses.field(default_factory=dict)
+    budget_usd: float | None = None
+    include_curves: bool = False
+    curve_points: int = 20
+    #: Run the code once on dummy inputs when validating coder output.
+    validate_dry_run: bool = True
+    validate_timeout_s: float = 10.0
+    prompts: PromptPaths = dataclasses.field(default_factory=PromptPaths)
+
+    def __post_init__(self) -> None:
+        if self.kind != "llm":
+            raise ConfigError(f"kind must be 'llm' for LLMConfig, got {self.kind!r}")
+        for name in ("max_thinker_attempts", "max_coder_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.max_retries < 0:
+            raise ConfigError("max_retries must be >= 0")
+        for name in ("backoff_base_s", "backoff_max_s", "retry_after_max_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        for provider, limit in self.concurrency.items():
+            if provider not in PROVIDERS:
+                raise ConfigError(
+                    f"concurrency: unknown provider {provider!r} (one of {PROVIDERS})"
+                )
+            if limit < 1:
+                raise ConfigError(f"concurrency.{provider} must be >= 1")
+        if self.budget_usd is not None and self.budget_usd < 0:
+            raise ConfigError("budget_usd must be >= 0 or null")
+        if self.curve_points < 2:
+            raise ConfigError("curve_points must be >= 2")
+        if self.validate_timeout_s <= 0:
+            raise ConfigError("validate_timeout_s must be > 0")
+
+    def concurrency_for(self, provider: str) -> int:
+        return self.concurrency.get(provider, _default_concurrency()[provider])
+
+    def missing_keys(self) -> list[str]:
+        """Names (never values) of key env vars the roles need but that are unset, so a
+        driver can fail fast before starting actors."""
+        names = {r.key_env for r in (self.thinker, self.coder) if r.key_env}
+        return sorted(n for n in names if not os.environ.get(n))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, for the run journal; holds env var names, never keys."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(
+        cls, d: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None
+    ) -> LLMConfig:
+        """Build from the ``mutator:`` mapping of a YAML config.
+
+        Raises ConfigError for unknown keys, wrong types and bad values. Role sections
+        start from the role's defaults (thinker 0.7, coder 0.3; no temperature for
+        anthropic). Relative prompt paths are made absolute against ``base_dir``
+        (default: the current directory) here, in the driver, because Ray workers run
+        elsewhere.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"mutator: expected a mapping, got {type(d).__name__}")
+        data = dict(d)
+        for role in ("thinker", "coder"):
+            if role in data:
+                section = data[role]
+                if not isinstance(section, Mapping):
+                    raise ConfigError(
+                        f"mutator.{role}: expected a mapping, got {type(section).__name__}"
+                    )
+                section = dict(section)
+                if "temperature" not in section and section.get("provider") != "anthropic":
+                    section["temperature"] = _ROLE_TEMPERATURE[role]
+                data[role] = section
+        config = _build(cls, data, "mutator")
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        resolved = {
+            f.name: str((base / p).resolve()) if p is not None else None
+            for f in dataclasses.fields(PromptPaths)
+            for p in [getattr(config.prompts, f.name)]
+        }
+        return dataclasses.replace(config, prompts=PromptPaths(**resolved))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> LLMConfig:
+        """Read a YAML file's ``mutator:`` block (or the whole file if it has none);
+        relative prompt paths resolve against the current directory."""
+        import yaml
+
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+        if isinstance(doc, Mapping) and "mutator" in doc:
+            doc = doc["mutator"]
+        return cls.from_dict(doc)
+
+
+# ---------------------------------------------------------------- strict typed building
+
+
+def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, checking keys and types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], path)
+        raise ConfigError(f"{path}: unsupported type {tp}")  # pragma: no cover
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
+        return _build(tp, value, path)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
+        key_tp, val_tp = args
+        return {
+            _coerce(k, key_tp, path): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this builder does not know
+        raise ConfigError(f"{path}: unsupported type {tp}")
+    raise ConfigError(f"{path}: expected {tp.__name__}, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}"
