@@ -109,6 +109,56 @@ def _row(r: dict, header: bool) -> str:
     return f"{head}\n{line}"
 
 
+# ---------------------------------------------------------------- discover
+def _add_discover(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "discover",
+        help="run an LLM-guided (or offline) optimiser discovery on Ray",
+        description="Discover optimisers: islands of archives on Ray, mutators proposing code, "
+        "evaluators training PPO, every evaluation a Parquet row. Without --config, runs the "
+        "embedded quickstart (local Ray, offline mutator, tiny budgets).",
+    )
+    p.add_argument("--config", help="YAML config (see configs/); defaults are the quickstart")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its journal")
+    p.add_argument("--run-dir", help="where to write the run (default: OUT_DIR/NAME)")
+    p.add_argument("--meta-seeds", type=lambda t: [int(x) for x in _csv(t)],
+                   help="independent searches side by side, e.g. 0,1,2")
+    p.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: local")
+    p.add_argument("--open-weights", help="OPEN checkpoint, for OPEN's reference rank in reports")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. search.generations=5 islands.count=4")
+    p.set_defaults(func=_discover)
+
+
+def _discover(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rayopt.config import ConfigError, load_discovery
+    from rayopt.search.driver import Discovery, init_ray
+
+    try:
+        if args.resume:
+            if args.config or args.overrides or args.meta_seeds:
+                raise ConfigError("--resume takes the run's own config; drop --config and overrides")
+            discovery = Discovery.load(args.resume)
+        else:
+            overrides = list(args.overrides)
+            if args.meta_seeds:
+                overrides.append(f"meta_seeds={args.meta_seeds}")
+            if args.address:
+                overrides.append(f"address={args.address}")
+            config = load_discovery(args.config, overrides)
+            discovery = Discovery.create(config, args.run_dir)
+    except (ConfigError, FileExistsError, FileNotFoundError) as err:
+        print(f"rayopt discover: {err}", file=sys.stderr)
+        return 2
+    init_ray(discovery.config.address)
+    print(f"run directory: {discovery.run_dir}", flush=True)
+    summary = asyncio.run(discovery.run())
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from rayopt import __version__
@@ -119,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rayopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_discover(sub)
     _add_evaluate(sub)
     return parser
 

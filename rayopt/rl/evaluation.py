@@ -62,3 +62,36 @@ def release() -> None:
     """Forget cached trainers and executables (memory back between candidates)."""
     trainer_for.cache_clear()
     clear_compiled()
+
+
+def random_policy_return(env: str, num_envs: int = 64, num_steps: int = 2000, seed: int = 0) -> float:
+    """Mean return of the episodes a uniform random policy completes in ``num_steps``
+    steps of ``num_envs`` environments (NaN if none completes): the floor below which
+    the discovery cascade calls a candidate collapsed."""
+    import jax
+    import jax.numpy as jnp
+
+    from rayopt.rl.envs import make_env
+
+    e, params = make_env(env)
+    n_actions = e.action_space(params).n
+
+    def run(key):
+        k_reset, k_run = jax.random.split(key)
+        _, state = jax.vmap(e.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), params)
+
+        def step(carry, _):
+            state, key = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            action = jax.random.randint(k_act, (num_envs,), 0, n_actions)
+            _, state, _, term, trunc, info = jax.vmap(e.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(k_step, num_envs), state, action, params
+            )
+            done = jnp.logical_or(term, trunc)
+            return (state, key), (jnp.sum(info["returned_episode_returns"] * done), jnp.sum(done))
+
+        _, (total, count) = jax.lax.scan(step, (state, k_run), None, num_steps)
+        return total.sum(), count.sum()
+
+    total, count = jax.jit(run)(jax.random.PRNGKey(seed))
+    return float(total / count) if int(count) > 0 else float("nan")

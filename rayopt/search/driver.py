@@ -1,0 +1,589 @@
+"""The discovery driver: meta-seeds x islands x generations on Ray, journalled to Parquet.
+
+One asyncio loop in the driver process runs every lineage (a generation of N refinement
+steps) of every island of every meta-seed. Lineages share one pool of mutator actors
+and one pool of evaluator actors; a lineage waits only on its own work, so evaluators
+never wait on an LLM while any lineage has something to evaluate.
+
+A candidate's path (paper §5.3, plus the cascade):
+    mutate -> check (validation, dry run, literal audit, hash, fingerprint)
+      -> duplicate? reuse the earlier scores -> literal policy
+      -> screen: a short single-env run (cascade) -> full: every env x seeds
+Every step is a journal row written when it completes; resuming replays the journal
+into the archives and re-runs only what has no row yet (docs/journal.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from rayopt.config import DiscoveryConfig, dump, load_discovery
+from rayopt.optim import SYMBOLIC, OptimiserSpec
+from rayopt.results.journal import JournalWriter, journal_dir, read
+from rayopt.search.archive import Archive, Candidate
+from rayopt.search.evaluator import EvalOutcome, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
+from rayopt.search.island import IslandActor, neighbours, selection_rng
+from rayopt.search.mutators.actor import Checked, MutatorActor, MutatorPool
+from rayopt.search.mutators.base import MutationRequest
+
+log = logging.getLogger("rayopt.discover")
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclasses.dataclass
+class Lineage:
+    """An unfinished generation: where to pick up (fresh, or from the journal)."""
+
+    island: int
+    generation: int
+    base: Candidate
+    context: list[Candidate]
+    history: list[Candidate] = dataclasses.field(default_factory=list)
+    evaluated: list[Candidate] = dataclasses.field(default_factory=list)
+    next_step: int = 1
+    pending: list[Candidate] = dataclasses.field(default_factory=list)  # created, not finished
+
+
+@dataclasses.dataclass
+class Search:
+    """The state of one meta-seed's search, mirrored from the journal."""
+
+    meta_seed: int
+    run_id: str
+    islands: list[Any]
+    started: list[int]  # generations started per island
+    finished: list[int]  # generations finished per island
+    by_hash: dict[str, Candidate] = dataclasses.field(default_factory=dict)
+    by_fingerprint: dict[str, Candidate] = dataclasses.field(default_factory=dict)
+    candidates: dict[str, Candidate] = dataclasses.field(default_factory=dict)
+    evaluated: int = 0
+    failed: int = 0
+    resumed: list[Lineage] = dataclasses.field(default_factory=list)
+    migrations_due: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
+
+class Discovery:
+    """Run (or resume) a discovery in ``run_dir`` with ``config``."""
+
+    def __init__(self, config: DiscoveryConfig, run_dir: str | Path, resume: bool = False,
+                 evaluator_pool: EvaluatorPool | None = None, mutator_pool: MutatorPool | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.journal = JournalWriter(self.run_dir)
+        self.evaluators = evaluator_pool
+        self.mutators = mutator_pool
+        self.searches: list[Search] = []
+        self.random_floor: dict[str, float] = {}
+        self.cost_usd = 0.0
+        self._budget = (config.mutator.llm or {}).get("budget_usd") if config.mutator.kind == "llm" else None
+        self._t0 = time.monotonic()
+        self._ranks: dict[int, list[float]] = {}
+
+    # ------------------------------------------------------------ set-up
+    @classmethod
+    def create(cls, config: DiscoveryConfig, run_dir: str | Path | None = None) -> Discovery:
+        run_dir = Path(run_dir or Path(config.out_dir) / config.name)
+        if journal_dir(run_dir).exists() and any(journal_dir(run_dir).glob("*.parquet")):
+            raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(dump(config))
+        return cls(config, run_dir)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Discovery:
+        run_dir = Path(run_dir)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}: not a rayopt run directory")
+        return cls(load_discovery(run_dir / CONFIG_FILE), run_dir, resume=True)
+
+    def _start_actors(self) -> None:
+        cfg = self.config
+        if self.evaluators is None:
+            self.evaluators = EvaluatorPool(start_evaluators(cfg), max_attempts=cfg.search.max_eval_attempts)
+        if self.mutators is None:
+            llm = dict(cfg.mutator.llm)
+            actors = [
+                MutatorActor.options(max_concurrency=cfg.mutator.concurrency).remote(cfg.mutator.kind, llm)
+                for _ in range(cfg.mutator.actors)
+            ]
+            self.mutators = MutatorPool(actors)
+
+    def _run_id(self, meta_seed: int) -> str:
+        return f"{self.config.name}-ms{meta_seed}"
+
+    # ------------------------------------------------------------ the run
+    async def run(self) -> dict[str, Any]:
+        cfg = self.config
+        self._start_actors()
+        assert self.evaluators is not None
+        self.evaluators.reset_clock()
+        history = self._read_journal() if self.resume else None
+        for ms in cfg.meta_seeds:
+            islands = [
+                IslandActor.remote(ms, i, cfg.envs, cfg.search.literal_penalty if cfg.search.literal_policy == "penalise" else 0.0)
+                for i in range(cfg.islands.count)
+            ]
+            search = Search(ms, self._run_id(ms), islands, [0] * cfg.islands.count, [0] * cfg.islands.count)
+            self.searches.append(search)
+        await asyncio.gather(*(self._initialise(s, history) for s in self.searches))
+        progress = asyncio.create_task(self._progress_loop())
+        try:
+            await asyncio.gather(*(self._search(s) for s in self.searches))
+        finally:
+            progress.cancel()
+        summary = await self.summary()
+        self._print_progress(final=True)
+        return summary
+
+    async def _search(self, s: Search) -> None:
+        """Run every island's lanes; a lane runs one generation after another, starting
+        with an unfinished one from the journal when resuming."""
+        for island, done in s.migrations_due:
+            await self._migrate(s, island, done)
+        lanes = self._lineages_per_island()
+        tasks = []
+        for island in range(self.config.islands.count):
+            resumed = [lin for lin in s.resumed if lin.island == island]
+            for k in range(max(lanes, len(resumed))):
+                tasks.append(self._island_lane(s, island, resumed[k] if k < len(resumed) else None))
+        await asyncio.gather(*tasks)
+
+    def _lineages_per_island(self) -> int:
+        """``search.lineages_per_island``, or (0) enough lineages to keep every evaluator
+        slot busy plus the configured run-ahead, spread over islands and meta-seeds."""
+        cfg = self.config
+        if cfg.search.lineages_per_island > 0:
+            return cfg.search.lineages_per_island
+        slots = self.evaluators.size if self.evaluators else 1
+        want = slots * (1 + cfg.evaluator.run_ahead) / max(len(cfg.envs), 1)
+        return max(1, math.ceil(want / (cfg.islands.count * len(cfg.meta_seeds))))
+
+    async def _island_lane(self, s: Search, island: int, first: Lineage | None) -> None:
+        if first is not None:
+            await self._continue(s, first)
+        while s.started[island] < self.config.search.generations and not self._over_budget():
+            s.started[island] += 1
+            await self._generation(s, island, s.started[island])
+
+    # ------------------------------------------------------------ initial archive
+    async def _initialise(self, s: Search, history: dict[str, Any] | None) -> None:
+        cfg = self.config
+        initial = [
+            Candidate(id=f"init-{name}", code=SYMBOLIC[name], name=name, mutator="library")
+            for name in cfg.search.initial
+        ]
+        state = (history or {}).get(s.run_id)
+        done: dict[str, Candidate] = state["evaluated"] if state else {}
+        ready: list[Candidate] = []
+        todo: list[Candidate] = []
+        for c in initial:
+            (ready if c.id in done else todo).append(done.get(c.id, c))
+        results = await asyncio.gather(*(self._assess(s, c, island=None, generation=0, created=c.id not in (state or {}).get("created", {}))
+                                         for c in todo))
+        ready += [c for c in results if c is not None]
+        for c in ready:
+            self._index(s, c)
+        await asyncio.gather(*(isl.add.remote(ready) for isl in s.islands))
+        if state:
+            await self._restore(s, state)
+
+    # ------------------------------------------------------------ one generation
+    async def _generation(self, s: Search, island: int, generation: int) -> None:
+        cfg = self.config
+        base, context = await s.islands[island].select.remote(generation, cfg.search.top_k, cfg.search.exploit_p)
+        self._write(s, [dict(event="generation_start", island=island, generation=generation,
+                             base_id=base.id, ref_candidate_id=base.id,
+                             context_ids=[c.id for c in context])])
+        await self._continue(s, Lineage(island, generation, base, context))
+
+    async def _continue(self, s: Search, lin: Lineage) -> None:
+        """Run (the rest of) a generation, then hand its candidates to the island."""
+        cfg = self.config
+        current = lin.history[-1] if lin.history else lin.base
+        pending = [self._assess(s, c, lin.island, lin.generation, created=False) for c in lin.pending]
+        for step in range(lin.next_step - len(pending), cfg.search.refinements + 1):
+            if pending:  # created before a crash: finish it, no new mutation
+                cand = await pending.pop(0)
+            elif self._over_budget():
+                break
+            else:
+                cand = await self._refine(s, lin, step, current)
+            if cand is not None:
+                lin.history.append(cand)
+                current = cand
+                if cand.duplicate_of is None:
+                    lin.evaluated.append(cand)
+        await s.islands[lin.island].add.remote(lin.evaluated)
+        self._write(s, [dict(event="generation_end", island=lin.island, generation=lin.generation,
+                             base_id=lin.base.id, status=f"{len(lin.evaluated)} evaluated")])
+        s.finished[lin.island] += 1
+        done = s.finished[lin.island]
+        if done % cfg.islands.interval == 0:
+            await self._migrate(s, lin.island, done)
+
+    async def _refine(self, s: Search, lin: Lineage, step: int, current: Candidate) -> Candidate | None:
+        """One refinement step: mutate ``current`` and assess the result."""
+        request = MutationRequest(
+            current=current.scored(),
+            context=tuple(c.scored() for c in lin.context),
+            history=tuple(c.scored() for c in lin.history),
+            seed=s.meta_seed, run_id=s.run_id, island=lin.island, generation=lin.generation, step=step,
+        )
+        assert self.mutators is not None
+        checked: Checked = await self.mutators.propose(request)
+        res = checked.result
+        where = dict(island=lin.island, generation=lin.generation, step=step)
+        calls = [dict(event="llm_call", **where, role=c.role, provider=c.provider, model=c.model,
+                      attempt=c.attempt, status="ok" if c.ok else "error", latency_s=c.latency_s,
+                      tokens_in=c.tokens_in, tokens_out=c.tokens_out, cost_usd=c.cost_usd,
+                      error=c.error, mutator=res.mutator, parent_id=current.id)
+                 for c in res.calls]
+        self.cost_usd += res.cost_usd
+        if not res.ok:
+            self._write(s, [*calls, dict(event="mutation_failed", **where, mutator=res.mutator,
+                                         parent_id=current.id, base_id=lin.base.id, error=res.error)])
+            return None
+        cand = Candidate(
+            id=f"i{lin.island}-g{lin.generation}-s{step}", code=res.code or "", island=lin.island,
+            generation=lin.generation, step=step, parent_id=current.id, base_id=lin.base.id,
+            mutator=res.mutator, idea=res.idea, thought=res.thought, code_hash=checked.code_hash,
+            fingerprint=checked.fingerprint, literal_count=checked.literal_count,
+            new_literals=checked.new_literals,
+        )
+        self._write(s, calls)
+        return await self._assess(s, cand, lin.island, lin.generation, created=True, checked=checked)
+
+    # ------------------------------------------------------------ the cascade
+    async def _assess(self, s: Search, c: Candidate, island: int | None, generation: int,
+                      created: bool, checked: Checked | None = None) -> Candidate | None:
+        """Check, deduplicate, screen and fully evaluate ``c``; None if it fell out."""
+        cfg = self.config
+        where = dict(island=island, generation=generation, step=c.step, **c.lineage_row())
+        if checked is None:
+            checked = await asyncio.to_thread(_check_code, c)
+            c.code_hash, c.fingerprint = checked.code_hash, checked.fingerprint
+            c.literal_count = checked.literal_count if checked.ok else c.literal_count
+            where.update(c.lineage_row())
+        if created:
+            self._write(s, [dict(event="created", **where)])
+        s.candidates.setdefault(c.id, c)
+        if not checked.ok:
+            self._write(s, [dict(event="invalid", **where, error_kind=checked.error_kind,
+                                 error_line=checked.error_line, error=checked.error)])
+            return None
+        if c.mutator != "library":
+            if cfg.cascade.dedup:
+                orig = s.by_hash.get(c.code_hash or "") or s.by_fingerprint.get(c.fingerprint or "")
+                if orig is not None and orig.id != c.id:
+                    self._write(s, [dict(event="duplicate", **where, ref_candidate_id=orig.id,
+                                         status="same hash" if orig.code_hash == c.code_hash else "same fingerprint")])
+                    return _copy_scores(c, orig)
+            if cfg.search.literal_policy == "reject" and c.new_literals > cfg.search.max_new_literals:
+                self._write(s, [dict(event="rejected", **where,
+                                     error=f"introduces {c.new_literals} tunable literals (max {cfg.search.max_new_literals})")])
+                return None
+        spec = OptimiserSpec(name=c.name or c.id, kind="symbolic", code=c.code)
+        if cfg.cascade.enabled and c.mutator != "library":
+            ok, why = await self._screen(s, c, spec, where)
+            if not ok:
+                self._write(s, [dict(event="screened_out", **where, error=why)])
+                return None
+        outcomes = await asyncio.gather(*(self._evaluate(s, c, spec, env, where) for env in cfg.envs
+                                          if env not in c.final_return))
+        failed = [o for o in outcomes if o is not None and not o.ok]
+        if failed:
+            s.failed += 1
+            self._write(s, [dict(event="evaluation_failed", **where, env=failed[0].task.config.env,
+                                 attempt=failed[0].attempts, error_kind=failed[0].error_kind,
+                                 error=failed[0].error)])
+            return None
+        s.evaluated += 1
+        self._index(s, c)
+        self._write(s, [dict(event="evaluated", **where, status="ok",
+                             final_return=float(np.nanmean([c.final_return[e] for e in cfg.envs])))])
+        return c
+
+    async def _screen(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> tuple[bool, str]:
+        cfg = self.config
+        env = cfg.cascade.env
+        ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
+        task = EvalTask(f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)))
+        out = await self.evaluators.run(task)
+        self._write(s, self._rows(out, where, stage="screen"))
+        if not out.ok:
+            return False, f"screen run failed: {out.error}"
+        if not np.all(out.finite):
+            return False, "non-finite parameters in the screening run"
+        floor = await self._random_floor(env)
+        ret = float(np.nanmean(out.final_return))
+        if math.isfinite(floor) and not (ret >= cfg.cascade.random_margin * floor):
+            return False, f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x random policy {floor:.3g}"
+        return True, ""
+
+    async def _random_floor(self, env: str) -> float:
+        if env not in self.random_floor:
+            actor = self.evaluators.slots[0].actor
+            try:
+                self.random_floor[env] = await actor.random_return.remote(env)
+            except Exception:  # noqa: BLE001 - a simulated evaluator has none; no floor then
+                self.random_floor[env] = math.nan
+        return self.random_floor[env]
+
+    async def _evaluate(self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict) -> EvalOutcome:
+        cfg = self.config
+        task = EvalTask(f"{c.id}/full/{env}", spec, cfg.ppo_config(env), tuple(range(cfg.seeds)),
+                        untrusted=c.mutator != "library")
+        out = await self.evaluators.run(task)
+        self._write(s, self._rows(out, where, stage="full"))
+        if out.ok:
+            c.final_return[env] = float(np.nanmean(out.final_return))
+            c.auc[env] = float(np.nanmean(out.auc))
+            c.curves[env] = np.nanmean(out.return_curve, axis=0).astype(float).tolist()
+        return out
+
+    def _rows(self, out: EvalOutcome, where: dict, stage: str) -> list[dict]:
+        t = out.task
+        common = dict(where, env=t.config.env, stage=stage, total_timesteps=t.config.total_timesteps,
+                      hidden_size=t.config.hidden_size, activation=t.config.activation,
+                      ppo_config=json.dumps(dataclasses.asdict(t.config)), attempt=out.attempts,
+                      node=out.node, evaluator=out.evaluator)
+        if not out.ok:
+            return [dict(common, row_type="evaluation", seed=seed, status="failed", error_kind=out.error_kind,
+                         error=out.error) for seed in t.seeds]
+        return [
+            dict(common, row_type="evaluation", seed=seed, final_return=float(out.final_return[i]),
+                 auc=float(out.auc[i]), return_curve=np.asarray(out.return_curve[i], np.float32).tolist(),
+                 finite=bool(out.finite[i]), status="ok" if out.finite[i] else "nonfinite",
+                 compile_s=out.compile_s, run_s=out.run_s)
+            for i, seed in enumerate(t.seeds)
+        ]
+
+    def _index(self, s: Search, c: Candidate) -> None:
+        s.candidates[c.id] = c
+        if c.code_hash:
+            s.by_hash.setdefault(c.code_hash, c)
+        if c.fingerprint:
+            s.by_fingerprint.setdefault(c.fingerprint, c)
+
+    # ------------------------------------------------------------ migration
+    async def _migrate(self, s: Search, island: int, done: int) -> None:
+        cfg = self.config
+        dests = neighbours(cfg.islands.topology, island, cfg.islands.count,
+                           selection_rng(s.meta_seed, island, 10_000 + done))
+        if not dests or cfg.islands.migrants == 0:
+            return
+        best: list[Candidate] = await s.islands[island].best.remote(cfg.islands.migrants)
+        for d in dests:
+            await s.islands[d].add.remote(best)
+        self._write(s, [dict(event="migrated", island=island, generation=done, dest_island=d,
+                             candidate_id=c.id, ref_candidate_id=c.id, parent_id=c.parent_id)
+                        for d in dests for c in best])
+
+    # ------------------------------------------------------------ journal
+    def _write(self, s: Search, rows: list[dict]) -> None:
+        if rows:
+            self.journal.write([{"row_type": "event", **r, "run_id": s.run_id, "meta_seed": s.meta_seed}
+                                if "row_type" not in r else {**r, "run_id": s.run_id, "meta_seed": s.meta_seed}
+                                for r in rows])
+
+    def _over_budget(self) -> bool:
+        return self._budget is not None and self.cost_usd >= float(self._budget)
+
+    # ------------------------------------------------------------ resume
+    def _read_journal(self) -> dict[str, Any]:
+        """Per run id: candidates, their scores and the state of every generation."""
+        table = read(self.run_dir)
+        rows = table.to_pylist()
+        self.cost_usd = sum(r["cost_usd"] or 0.0 for r in rows if r["event"] == "llm_call")
+        out: dict[str, Any] = {}
+        by_run: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            by_run[r["run_id"]].append(r)
+        for run_id, rs in by_run.items():
+            rs.sort(key=lambda r: r["time"])
+            created: dict[str, Candidate] = {}
+            scores: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+            terminal: dict[str, str] = {}
+            for r in rs:
+                if r["event"] == "created":
+                    created[r["candidate_id"]] = _candidate_from_row(r)
+                elif r["row_type"] == "evaluation" and r["stage"] == "full" and r["status"] in ("ok", "nonfinite"):
+                    scores[r["candidate_id"]][r["env"]].append(r)
+                elif r["event"] in ("invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated"):
+                    terminal[r["candidate_id"]] = r["event"]
+                    if r["event"] == "duplicate":
+                        created[r["candidate_id"]].duplicate_of = r["ref_candidate_id"]
+            for cid, envs in scores.items():
+                c = created.get(cid)
+                if c is None:
+                    continue
+                for env, erows in envs.items():
+                    erows = {e["seed"]: e for e in erows}.values()  # one row per seed
+                    c.final_return[env] = float(np.nanmean([e["final_return"] for e in erows]))
+                    c.auc[env] = float(np.nanmean([e["auc"] for e in erows]))
+                    c.curves[env] = np.nanmean([e["return_curve"] for e in erows], axis=0).astype(float).tolist()
+            evaluated = {cid: c for cid, c in created.items() if terminal.get(cid) == "evaluated"}
+            out[run_id] = dict(rows=rs, created=created, terminal=terminal, evaluated=evaluated)
+        return out
+
+    async def _restore(self, s: Search, state: dict[str, Any]) -> None:
+        """Rebuild islands, counters, unfinished generations and due migrations."""
+        cfg = self.config
+        rs, created, terminal, evaluated = state["rows"], state["created"], state["terminal"], state["evaluated"]
+        for c in evaluated.values():
+            self._index(s, c)
+        starts = {(r["island"], r["generation"]): r for r in rs if r["event"] == "generation_start"}
+        ends = {(r["island"], r["generation"]) for r in rs if r["event"] == "generation_end"}
+        migrated = defaultdict(list)
+        for r in rs:
+            if r["event"] == "migrated":
+                migrated[(r["island"], r["generation"])].append(r)
+        # archives: finished generations' candidates, then migrants (by id), in journal order
+        for (island, gen) in sorted(ends):
+            members = [c for c in evaluated.values() if c.island == island and c.generation == gen]
+            if members:
+                await s.islands[island].add.remote(members)
+        for (src, done), mrows in sorted(migrated.items()):
+            for d in {r["dest_island"] for r in mrows}:
+                ids = [r["candidate_id"] for r in mrows if r["dest_island"] == d]
+                await s.islands[d].add.remote([s.candidates[i] for i in ids if i in s.candidates])
+        for island in range(cfg.islands.count):
+            s.started[island] = max([g for (i, g) in starts if i == island], default=0)
+            s.finished[island] = sum(1 for (i, _) in ends if i == island)
+            for k in range(cfg.islands.interval, s.finished[island] + 1, cfg.islands.interval):
+                if (island, k) not in migrated:
+                    s.migrations_due.append((island, k))
+        for (island, gen), start in sorted(starts.items()):
+            if (island, gen) in ends:
+                continue
+            base = s.candidates.get(start["base_id"]) or evaluated.get(start["base_id"])
+            context = [s.candidates[i] for i in (start["context_ids"] or []) if i in s.candidates]
+            mine = sorted((c for c in created.values() if c.island == island and c.generation == gen),
+                          key=lambda c: c.step)
+            lin = Lineage(island, gen, base, context, next_step=max([c.step for c in mine], default=0) + 1)
+            for c in mine:
+                t = terminal.get(c.id)
+                if t == "evaluated":
+                    lin.history.append(evaluated[c.id])
+                    lin.evaluated.append(evaluated[c.id])
+                elif t == "duplicate" and c.duplicate_of in s.candidates:
+                    lin.history.append(_copy_scores(c, s.candidates[c.duplicate_of]))
+                elif t is None:
+                    lin.pending.append(c)
+            s.resumed.append(lin)
+        s.evaluated = sum(1 for c in evaluated.values() if c.mutator != "library")
+
+    # ------------------------------------------------------------ progress
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.progress_s)
+            await self._refresh_ranks()
+            self._print_progress()
+
+    async def _refresh_ranks(self) -> None:
+        self._ranks = {}
+        for s in self.searches:
+            ranked = await asyncio.gather(*(isl.ranked.remote() for isl in s.islands))
+            self._ranks[s.meta_seed] = [r[0][1] if r else math.nan for r in ranked]
+
+    def _print_progress(self, final: bool = False) -> None:
+        util = self.evaluators.utilisation() if self.evaluators else 0.0
+        parts = []
+        for s in self.searches:
+            ranks = self._ranks.get(s.meta_seed, [])
+            best = " ".join(f"{r:.2f}" for r in ranks)
+            parts.append(f"ms{s.meta_seed}: {s.evaluated} evaluated, gens {sum(s.finished)}/"
+                         f"{self.config.search.generations * self.config.islands.count}, best avg rank/island [{best}]")
+        cost = f" | llm ${self.cost_usd:.2f}" if self.config.mutator.kind == "llm" else ""
+        print(f"[{time.monotonic() - self._t0:7.0f}s] {'done ' if final else ''}" + " | ".join(parts)
+              + f" | evaluator utilisation {util:.0%}{cost}", flush=True)
+
+    async def summary(self) -> dict[str, Any]:
+        """The best candidates of each meta-seed over the union of its islands."""
+        await self._refresh_ranks()
+        out: dict[str, Any] = {"run_dir": str(self.run_dir), "evaluator_utilisation": self.evaluators.utilisation(),
+                               "llm_cost_usd": self.cost_usd, "meta_seeds": {}}
+        for s in self.searches:
+            pool = Archive(self.config.envs)
+            pool.add(c for c in s.candidates.values() if set(self.config.envs) <= set(c.final_return))
+            best = pool.ranked()[:3]
+            out["meta_seeds"][s.meta_seed] = dict(
+                evaluated=s.evaluated, failed=s.failed,
+                best=[dict(id=c.id, avg_rank=r, final_return=c.final_return, idea=c.idea) for c, r in best],
+            )
+        return out
+
+
+def _check_code(c: Candidate) -> Checked:
+    from rayopt.search.mutators.actor import check_proposal
+    from rayopt.search.mutators.base import MutationResult
+
+    parent = SYMBOLIC.get(c.name or "", c.code)
+    return check_proposal(MutationResult(ok=True, mutator=c.mutator, code=c.code), parent)
+
+
+def _copy_scores(dup: Candidate, orig: Candidate) -> Candidate:
+    """A duplicate carries the earlier candidate's scores (and is not re-evaluated)."""
+    return dataclasses.replace(dup, duplicate_of=orig.id, final_return=dict(orig.final_return),
+                               auc=dict(orig.auc), curves=dict(orig.curves))
+
+
+def _candidate_from_row(r: dict) -> Candidate:
+    return Candidate(
+        id=r["candidate_id"], code=r["code"], island=r["island"] if r["island"] is not None else 0,
+        generation=r["generation"] or 0, step=r["step"] or 0, parent_id=r["parent_id"], base_id=r["base_id"],
+        mutator=r["mutator"] or "library", name=r["optimizer"] if r["mutator"] == "library" else None,
+        idea=r["idea"], thought=r["thought"], code_hash=r["code_hash"], fingerprint=r["fingerprint"],
+        literal_count=r["literal_count"] or 0, new_literals=r["new_literals"] or 0,
+    )
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to ``address`` (a running cluster) or start a local Ray instance."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, log_to_driver=True, configure_logging=False)
+
+
+def start_evaluators(cfg: DiscoveryConfig) -> list[Any]:
+    """Evaluator actors for this cluster: one per GPU (or per ``num_gpus`` fraction), or
+    one per node using its CPUs when the cluster has no GPU."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ev = cfg.evaluator
+    total_gpus = ray.cluster_resources().get("GPU", 0)
+    if ev.num_gpus > 0 or (ev.count == 0 and total_gpus > 0):
+        per = ev.num_gpus or 1.0
+        count = ev.count or max(1, int(total_gpus / per))
+        cpus = ev.num_cpus or 1
+        return [EvaluatorActor.options(num_gpus=per, num_cpus=cpus,
+                                       runtime_env={"env_vars": actor_env(per, 0)}).remote()
+                for _ in range(count)]
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    if ev.count:
+        cpus = ev.num_cpus or max(1, int(min(n["Resources"]["CPU"] for n in nodes) // max(1, ev.count // len(nodes))))
+        return [EvaluatorActor.options(num_cpus=cpus, scheduling_strategy="SPREAD",
+                                       runtime_env={"env_vars": actor_env(0, cpus)}).remote()
+                for _ in range(ev.count)]
+    actors = []
+    for n in nodes:
+        cpus = ev.num_cpus or n["Resources"]["CPU"]
+        actors.append(EvaluatorActor.options(
+            num_cpus=cpus, runtime_env={"env_vars": actor_env(0, cpus)},
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=True)).remote())
+    return actors
+
+
