@@ -159,6 +159,49 @@ def _discover(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- check
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="validate an untrusted update_fn file: static checks, literal audit, hash, "
+        "sandboxed dry run",
+        description="Check FILE.py as the search checks LLM-written optimisers: static "
+        "allowlist validation, the literal audit and canonical hash, then (unless "
+        "--no-dry-run) a dry run in a sandboxed worker process. Exit status 0 if the "
+        "program is valid, 1 if not.",
+    )
+    p.add_argument("file", help="a .py file defining update_fn")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-dry-run", dest="dry_run", action="store_false",
+                   help="static checks only (nothing is executed)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds allowed for tracing, compiling and running (default 10)")
+    p.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rayopt.program import check
+
+    result = check(Path(args.file).read_text(), dry_run=args.dry_run, timeout=args.timeout)
+    if args.json:
+        out = result.to_dict()
+        if not result.ok:  # the audit of a rejected program is not part of the contract
+            out = {k: out[k] for k in ("ok", "kind", "line", "message", "hash")}
+        print(json.dumps(out))
+    elif result.ok:
+        print(f"ok  hash {result.hash}  fingerprint {result.fingerprint or '-'}")
+        tunable = set(result.tunable)
+        for value, line in result.literals:
+            mark = "tunable" if (value, line) in tunable else ""
+            print(f"  line {line:>3}  {value!r:<12} {mark}")
+        print(f"{len(result.literals)} literals, {result.tunable_count} tunable")
+    else:
+        print(f"error: {result.error}")
+    return 0 if result.ok else 1
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from rayopt import __version__
@@ -171,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_discover(sub)
     _add_evaluate(sub)
+    _add_check(sub)
     return parser
 
 

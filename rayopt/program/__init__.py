@@ -1,7 +1,40 @@
-"""Untrusted optimiser code -> a validated, compiled ``update_fn``."""
+"""Untrusted optimiser code -> a validated, audited, compiled ``update_fn``.
+
+- :func:`check`: the one entry point (validate, literal audit, canonical hash, and a
+  sandboxed dry run giving a behavioural fingerprint) -> :class:`CheckResult`.
+- :func:`validate`: static checks only -> :class:`ProgramError` or ``None``.
+- :func:`canonical_hash`, :func:`fingerprint`: same code / same behaviour.
+- :func:`introduced`: tunable literals a child adds over its parent.
+- :func:`load_checked`: validate then load (the evaluator's path for search code);
+  :func:`load_update_fn`: load trusted code (the library) as before.
+
+See docs/program.md for the threat model and the sandbox's limits.
+"""
 
 from __future__ import annotations
 
-from rayopt.program.loader import load_update_fn
+from rayopt.program.audit import Audit, Literal, audit, introduced, literals
+from rayopt.program.canonical import canonical_hash, canonical_source, fingerprint
+from rayopt.program.check import CheckResult, check
+from rayopt.program.errors import KINDS, InvalidProgram, ProgramError
+from rayopt.program.loader import load_checked, load_update_fn
+from rayopt.program.validate import validate
 
-__all__ = ["load_update_fn"]
+__all__ = [
+    "KINDS",
+    "Audit",
+    "CheckResult",
+    "InvalidProgram",
+    "Literal",
+    "ProgramError",
+    "audit",
+    "canonical_hash",
+    "canonical_source",
+    "check",
+    "fingerprint",
+    "introduced",
+    "literals",
+    "load_checked",
+    "load_update_fn",
+    "validate",
+]

@@ -35,3 +35,17 @@ def load_update_fn(code: str, name: str = "update_fn") -> Callable:
     if not callable(fn):
         raise ValueError(f"code defines no function named {name}")
     return fn
+
+
+def load_checked(code: str, name: str = "update_fn") -> Callable:
+    """Validate ``code`` (raising :class:`rayopt.program.errors.InvalidProgram`), then
+    compile the validated tree (annotations and docstrings stripped, so they are never
+    evaluated) and return its ``update_fn``. For the evaluator: untrusted code that
+    already passed :func:`rayopt.program.check` goes through here, never through exec
+    of the raw text."""
+    from rayopt.program.validate import parse_program
+
+    tree = parse_program(code)
+    env = namespace()
+    exec(compile(tree, "<update_fn>", "exec"), env)  # noqa: S102 - validated, JAX-only
+    return env[name]

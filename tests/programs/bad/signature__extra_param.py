@@ -1,0 +1,5 @@
+# expect: signature
+# an extra parameter
+def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key, lr):
+    update = lr * g
+    return update, var1, var2

@@ -1,0 +1,7 @@
+# expect: syntax
+# an LLM reply pasted with its markdown fence
+```python
+def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key):
+    update = g
+    return update, var1, var2
+```
