@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-import rayopt  # noqa: F401  (sets up one XLA host device per core before JAX starts)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+import rayopt  # noqa: F401  (sets up one XLA host device per core before JAX starts)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import purejaxrl_reference as ref  # noqa: E402

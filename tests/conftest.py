@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import rayopt  # noqa: F401  (first: sets the XLA host-device flag before JAX starts)
-
 import pytest  # noqa: E402
+
+import rayopt  # noqa: F401  (first: sets the XLA host-device flag before JAX starts)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
                      total_timesteps=64)
     trainer = make_train(cfg, build(resolve("adam")))
     init = jax.jit(lambda keys: init_many(trainer, keys))
-    for i in range(40):
+    for i in range(25):
         jax.block_until_ready(init(seed_keys(range(4 * i, 4 * i + 4))))
     print("done")
     """

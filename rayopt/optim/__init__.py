@@ -111,9 +111,11 @@ def build(spec: OptimiserSpec, max_grad_norm: float = 0.5) -> optax.GradientTran
     if spec.kind == "adam":
         core = optax.adam(spec.learning_rate or ADAM_LR)
     elif spec.kind == "symbolic":
-        from rayopt.program import load_update_fn
+        from rayopt.program import (
+            load_checked,  # every program is validated: search code is untrusted
+        )
 
-        core = symbolic(load_update_fn(spec.code or ""))
+        core = symbolic(load_checked(spec.code or ""))
     else:
         from rayopt.optim.open import open_optimiser
 

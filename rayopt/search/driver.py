@@ -35,7 +35,7 @@ from rayopt.search.archive import Archive, Candidate
 from rayopt.search.evaluator import EvalOutcome, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
 from rayopt.search.island import IslandActor, neighbours, selection_rng
 from rayopt.search.mutators.actor import Checked, MutatorActor, MutatorPool
-from rayopt.search.mutators.base import MutationRequest
+from rayopt.search.mutators.base import MutationRequest, MutationResult
 
 log = logging.getLogger("rayopt.discover")
 
@@ -243,7 +243,11 @@ class Discovery:
             seed=s.meta_seed, run_id=s.run_id, island=lin.island, generation=lin.generation, step=step,
         )
         assert self.mutators is not None
-        checked: Checked = await self.mutators.propose(request)
+        try:
+            checked: Checked = await self.mutators.propose(request)
+        except Exception as err:  # noqa: BLE001 - a crashed mutator never stops a run
+            checked = Checked(MutationResult(ok=False, mutator=self.config.mutator.kind,
+                                             error=f"mutator crashed: {type(err).__name__}: {err}"[:500]))
         res = checked.result
         where = dict(island=lin.island, generation=lin.generation, step=step)
         calls = [dict(event="llm_call", **where, role=c.role, provider=c.provider, model=c.model,
@@ -344,8 +348,7 @@ class Discovery:
 
     async def _evaluate(self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict) -> EvalOutcome:
         cfg = self.config
-        task = EvalTask(f"{c.id}/full/{env}", spec, cfg.ppo_config(env), tuple(range(cfg.seeds)),
-                        untrusted=c.mutator != "library")
+        task = EvalTask(f"{c.id}/full/{env}", spec, cfg.ppo_config(env), tuple(range(cfg.seeds)))
         out = await self.evaluators.run(task)
         self._write(s, self._rows(out, where, stage="full"))
         if out.ok:

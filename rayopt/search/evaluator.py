@@ -26,13 +26,12 @@ from rayopt.rl.ppo import PPOConfig
 
 @dataclasses.dataclass(frozen=True)
 class EvalTask:
-    """One unit of evaluator work. ``untrusted`` code goes through validation first."""
+    """One unit of evaluator work: ``spec`` trains PPO ``config`` for ``seeds``."""
 
     key: str  # unique: candidate id / stage / env
     spec: OptimiserSpec
     config: PPOConfig
     seeds: tuple[int, ...]
-    untrusted: bool = True
 
 
 @dataclasses.dataclass
@@ -93,13 +92,7 @@ class EvaluatorActor:
     def evaluate(self, task: EvalTask) -> dict[str, Any]:
         from rayopt.rl.evaluation import evaluate
 
-        if task.untrusted and task.spec.kind == "symbolic":
-            from rayopt.program import validate
-
-            error = validate(task.spec.code or "")
-            if error is not None:
-                raise ValueError(f"{error.kind}: {error.message}")
-        r = evaluate(task.spec, task.config, task.seeds)
+        r = evaluate(task.spec, task.config, task.seeds)  # symbolic code is validated by build()
         return dict(
             final_return=r.final_return, auc=r.auc, return_curve=r.return_curve, finite=r.finite,
             compile_s=r.compile_s, run_s=r.run_s, node=self.node, evaluator=self.id,

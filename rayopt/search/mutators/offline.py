@@ -64,7 +64,7 @@ class OfflineMutator:
             try:
                 code, idea = mutate(request.current.code, rng)
                 error = self.check(code)
-            except (SyntaxError, ValueError, IndexError) as err:  # a mutation that does not apply
+            except Exception as err:  # noqa: BLE001 - a mutation that does not apply; never raise
                 code, idea, error = None, None, f"{type(err).__name__}: {err}"
             ok = error is None
             calls.append(CallRecord(role="offline", provider="offline", model="ast", attempt=attempt,
@@ -156,7 +156,7 @@ def _insert(fn: ast.FunctionDef, rng: random.Random) -> str | None:
     value = _expr(rng, tensors)
     if isinstance(op, ast.Div):
         value = ast.BinOp(ast.Constant(1), ast.Add(), ast.Call(ast.parse("jnp.abs", mode="eval").body, [value], []))
-    stmt = ast.Assign([ast.Name(target, ast.Store())], ast.BinOp(ast.Name(target, ast.Load()), op, value))
+    stmt = ast.parse(f"{target} = {target} {OP_TEXT[type(op)]} ({ast.unparse(value)})").body[0]
     fn.body.insert(_return_index(fn), stmt)
     return f"inserted `{ast.unparse(stmt)}`"
 
