@@ -42,6 +42,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-envs", type=int, default=None)
     p.add_argument("--truncation", choices=["bootstrap", "terminate"], default=None)
     p.add_argument("--open-weights", default=None, help="path to an OPEN checkpoint (.npy)")
+    p.add_argument("--fast-compile", action="store_true",
+                   help="CPU: unoptimised XLA (compiles ~2x faster, runs ~2x slower)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_evaluate)
 
@@ -71,7 +73,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     rows = []
     for spec in specs:
         for env in envs:
-            r = evaluate(spec, config_for(env, **overrides), range(args.seeds))
+            r = evaluate(spec, config_for(env, **overrides), range(args.seeds),
+                         fast_compile=args.fast_compile)
             fr, auc = np.asarray(r.final_return, float), np.asarray(r.auc, float)
             rows.append(
                 dict(

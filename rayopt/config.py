@@ -99,7 +99,8 @@ class EvaluatorSection:
     count: int = 0
     num_gpus: float = 0.0
     num_cpus: float = 0.0  # 0: all CPUs of the node when there is no GPU, else 1
-    run_ahead: float = 1.0  # queued evaluations allowed per evaluator slot
+    run_ahead: float = 1.0  # lineages beyond what keeps every slot busy (lineages_per_island=0)
+    fast_compile: bool = True  # CPU only: unoptimised XLA, for tiny budgets (screening always)
 
 
 @dataclasses.dataclass

@@ -57,9 +57,9 @@ def test_optimiser_inputs_t_p_b_p_l_p_dormancy(tiny_cartpole):
 def test_vmapped_seeds_equal_seeds_one_by_one(tiny_cartpole):
     """The accelerator strategy (vmap) against the CPU one (a seed at a time)."""
     trainer = make_train(tiny_cartpole, build(resolve("adam")))
-    together = train_seeds(trainer, [0, 1, 2, 3], strategy="vmap").metrics
+    together = train_seeds(trainer, [0, 1, 2, 3], strategy="vmap", fast_compile=True).metrics
     for i in range(4):
-        alone = train_seeds(trainer, [i], strategy="map").metrics
+        alone = train_seeds(trainer, [i], strategy="map", fast_compile=True).metrics
         np.testing.assert_allclose(alone.return_curve[0], together.return_curve[i], rtol=1e-4)
         np.testing.assert_allclose(alone.auc[0], together.auc[i], rtol=1e-4)
     assert len({float(x) for x in together.auc}) > 1  # different seeds, different runs
@@ -69,7 +69,7 @@ def test_vmapped_seeds_equal_seeds_one_by_one(tiny_cartpole):
 def test_every_library_optimiser_trains_minatar(name):
     cfg = config_for("Breakout-MinAtar", num_envs=8, num_steps=16, num_minibatches=2,
                      update_epochs=2, total_timesteps=8 * 16 * 4)
-    result = train_seeds(make_train(cfg, build(resolve(name))), [0, 1])
+    result = train_seeds(make_train(cfg, build(resolve(name))), [0, 1], fast_compile=True)
     m = result.metrics
     assert m.return_curve.shape == (2, 4)
     assert m.finite.all(), f"{name} produced non-finite parameters"

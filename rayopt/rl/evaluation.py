@@ -40,9 +40,11 @@ def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
     return make_train(config, build(spec, config.max_grad_norm))
 
 
-def evaluate(spec: OptimiserSpec, config: PPOConfig, seeds: Sequence[int]) -> EnvResult:
+def evaluate(
+    spec: OptimiserSpec, config: PPOConfig, seeds: Sequence[int], fast_compile: bool = False
+) -> EnvResult:
     """Train PPO with ``spec`` on ``config.env`` once per seed."""
-    result = train_seeds(trainer_for(spec, config), seeds)
+    result = train_seeds(trainer_for(spec, config), seeds, fast_compile=fast_compile)
     m = result.metrics
     return EnvResult(
         optimiser=spec.name,

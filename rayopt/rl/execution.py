@@ -75,8 +75,14 @@ def _per_device_fn(trainer: Trainer, strategy: str):
     return per_device
 
 
+#: XLA options for ``fast_compile`` on CPU: LLVM without optimisation compiles PPO in
+#: about half the time and runs it about half as fast (measured, CartPole: 6.5 s -> 3.7 s
+#: compile, 0.10 s -> 0.21 s run), the right trade for short runs (tests, screening).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 @lru_cache(maxsize=16)
-def _compiled(trainer: Trainer, n_devices: int, per_device: int, strategy: str):
+def _compiled(trainer: Trainer, n_devices: int, per_device: int, strategy: str, fast_compile: bool):
     """AOT-compiled training for this layout, and the seconds compiling took."""
     mesh = Mesh(np.asarray(jax.local_devices()[:n_devices]), ("seeds",))
     sharded = jax.shard_map(
@@ -88,13 +94,17 @@ def _compiled(trainer: Trainer, n_devices: int, per_device: int, strategy: str):
     )
     t0 = time.perf_counter()
     example = seed_keys(range(n_devices * per_device))
-    compiled = jax.jit(sharded).lower(example).compile()
+    options = FAST_COMPILE if fast_compile and jax.default_backend() == "cpu" else None
+    compiled = jax.jit(sharded).lower(example).compile(compiler_options=options)
     return compiled, time.perf_counter() - t0
 
 
-def train_seeds(trainer: Trainer, seeds: Sequence[int], strategy: str = "auto") -> TrainResult:
+def train_seeds(
+    trainer: Trainer, seeds: Sequence[int], strategy: str = "auto", fast_compile: bool = False
+) -> TrainResult:
     """Train ``trainer`` once per seed (``strategy``: auto, vmap or map).
 
+    ``fast_compile`` trades run speed for compile speed on CPU (see ``FAST_COMPILE``).
     The compiled executable is cached per (trainer, layout): reuse the trainer object
     to skip recompiling (``compile_s`` is then 0).
     """
@@ -107,7 +117,7 @@ def train_seeds(trainer: Trainer, seeds: Sequence[int], strategy: str = "auto") 
         raise ValueError(f"strategy must be auto, vmap or map, not {strategy!r}")
     n_devices, per_device = plan(len(seeds))
     hit = _compiled.cache_info().hits
-    compiled, compile_s = _compiled(trainer, n_devices, per_device, strategy)
+    compiled, compile_s = _compiled(trainer, n_devices, per_device, strategy, fast_compile)
     if _compiled.cache_info().hits > hit:
         compile_s = 0.0
     padded = seeds + [seeds[-1]] * (n_devices * per_device - len(seeds))

@@ -324,7 +324,7 @@ class Discovery:
         cfg = self.config
         env = cfg.cascade.env
         ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
-        task = EvalTask(f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)))
+        task = EvalTask(f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)), fast_compile=True)
         out = await self.evaluators.run(task)
         self._write(s, self._rows(out, where, stage="screen"))
         if not out.ok:
@@ -348,7 +348,8 @@ class Discovery:
 
     async def _evaluate(self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict) -> EvalOutcome:
         cfg = self.config
-        task = EvalTask(f"{c.id}/full/{env}", spec, cfg.ppo_config(env), tuple(range(cfg.seeds)))
+        task = EvalTask(f"{c.id}/full/{env}", spec, cfg.ppo_config(env), tuple(range(cfg.seeds)),
+                        fast_compile=cfg.evaluator.fast_compile)
         out = await self.evaluators.run(task)
         self._write(s, self._rows(out, where, stage="full"))
         if out.ok:
