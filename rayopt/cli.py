@@ -41,7 +41,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation", choices=["relu", "tanh"], default=None)
     p.add_argument("--num-envs", type=int, default=None)
     p.add_argument("--truncation", choices=["bootstrap", "terminate"], default=None)
-    p.add_argument("--open-weights", default=None, help="path to an OPEN checkpoint (.npy)")
+    p.add_argument("--open-weights", default=None,
+                   help="path to an OPEN checkpoint, e.g. multi_OPEN.npy (default: "
+                   "$RAYOPT_OPEN_WEIGHTS; see docs/open.md)")
     p.add_argument("--fast-compile", action="store_true",
                    help="CPU: unoptimised XLA (compiles ~2x faster, runs ~2x slower)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -68,7 +70,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         ).items()
         if v is not None
     }
-    specs = [resolve(o, open_weights=args.open_weights) for o in args.optimizers]
+    try:
+        specs = [resolve(o, open_weights=args.open_weights) for o in args.optimizers]
+        for spec in specs:
+            if spec.kind == "open":  # a bad checkpoint fails now, not after the other runs
+                from rayopt.optim.open import load_open_params
+
+                load_open_params(spec.weights or "")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rayopt evaluate: error: {err}", file=sys.stderr)
+        return 2
     envs = parse_envs(args.envs)
     rows = []
     for spec in specs:
