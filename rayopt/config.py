@@ -48,6 +48,7 @@ class SearchSection:
     initial: list[str] = dataclasses.field(
         default_factory=lambda: ["sign_update", "relative_update", "gradient_step", "clipped_update"]
     )
+    references: list[str] = dataclasses.field(default_factory=lambda: ["adam"])  # ranked, never bred
     lineages_per_island: int = 1  # generations of one island in flight at once
     max_eval_attempts: int = 3  # evaluator crashes tolerated per evaluation
     literal_policy: Literal["record", "penalise", "reject"] = "record"
@@ -113,6 +114,7 @@ class DiscoveryConfig:
     envs: list[str] = dataclasses.field(default_factory=lambda: ["CartPole-v1", "Breakout-MinAtar"])
     seeds: int = 2  # evaluation seeds per env (paper: 8)
     address: str | None = None  # Ray address; None starts a local instance
+    open_weights: str | None = None  # OPEN checkpoint, needed when "open" is a reference
     progress_s: float = 10.0  # seconds between progress lines
     ppo: PPOSection = dataclasses.field(default_factory=PPOSection)
     search: SearchSection = dataclasses.field(default_factory=SearchSection)
@@ -123,7 +125,7 @@ class DiscoveryConfig:
 
     def validate(self) -> DiscoveryConfig:
         """Checks that need more than types: names exist, numbers are in range."""
-        from rayopt.optim import LIBRARY
+        from rayopt.optim import LIBRARY, resolve
         from rayopt.rl.envs import parse_envs
         from rayopt.rl.ppo import PPOConfig, config_for
 
@@ -149,8 +151,20 @@ class DiscoveryConfig:
         except ValueError as err:
             raise ConfigError(f"cascade: {err}") from None
         for name in self.search.initial:
-            if name not in LIBRARY or name == "open":
-                raise ConfigError(f"search.initial: {name!r} is not a library optimiser")
+            if name not in LIBRARY or name == "open" or name.startswith("adam"):
+                raise ConfigError(f"search.initial: {name!r} is not a symbolic library optimiser")
+        for name in self.search.references:
+            try:
+                spec = resolve(name, open_weights=self.open_weights)
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"search.references: {err}") from None
+            if spec.kind == "open":
+                from rayopt.optim.open import load_open_params
+
+                try:
+                    load_open_params(spec.weights or "")
+                except (ValueError, FileNotFoundError) as err:
+                    raise ConfigError(f"search.references: {err}") from None
         checks = [
             (self.search.generations >= 1, "search.generations must be >= 1"),
             (self.search.refinements >= 1, "search.refinements must be >= 1"),

@@ -29,7 +29,7 @@ import numpy as np
 import ray
 
 from rayopt.config import DiscoveryConfig, dump, load_discovery
-from rayopt.optim import SYMBOLIC, OptimiserSpec
+from rayopt.optim import SYMBOLIC, OptimiserSpec, resolve
 from rayopt.results.journal import JournalWriter, journal_dir, read
 from rayopt.search.archive import Archive, Candidate
 from rayopt.search.evaluator import EvalOutcome, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
@@ -197,8 +197,26 @@ class Discovery:
         for c in ready:
             self._index(s, c)
         await asyncio.gather(*(isl.add.remote(ready) for isl in s.islands))
+        await asyncio.gather(*(self._reference(s, name, state) for name in cfg.search.references))
         if state:
             await self._restore(s, state)
+
+    async def _reference(self, s: Search, name: str, state: dict[str, Any] | None) -> None:
+        """Evaluate a reference optimiser (Adam, OPEN) like a candidate, so analysis can
+        say where it would rank; it never joins an archive."""
+        cfg = self.config
+        cid = f"ref-{name}"
+        if state and cid in state["evaluated"]:
+            return
+        spec = resolve(name, open_weights=cfg.open_weights)
+        c = Candidate(id=cid, code=spec.code or "", name=spec.name, mutator="reference")
+        where = dict(island=None, generation=0, step=0, **c.lineage_row())
+        if not (state and cid in state["created"]):
+            self._write(s, [dict(event="created", **where)])
+        outcomes = await asyncio.gather(*(self._evaluate(s, c, spec, env, where) for env in cfg.envs))
+        failed = [o for o in outcomes if not o.ok]
+        self._write(s, [dict(event="evaluation_failed" if failed else "evaluated", **where,
+                             error=failed[0].error if failed else None, status="failed" if failed else "ok")])
 
     # ------------------------------------------------------------ one generation
     async def _generation(self, s: Search, island: int, generation: int) -> None:
@@ -447,6 +465,7 @@ class Discovery:
         """Rebuild islands, counters, unfinished generations and due migrations."""
         cfg = self.config
         rs, created, terminal, evaluated = state["rows"], state["created"], state["terminal"], state["evaluated"]
+        evaluated = {k: c for k, c in evaluated.items() if c.mutator != "reference"}
         for c in evaluated.values():
             self._index(s, c)
         starts = {(r["island"], r["generation"]): r for r in rs if r["event"] == "generation_start"}
