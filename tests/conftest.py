@@ -14,3 +14,50 @@ def tiny_cartpole():
 
     return config_for("CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2,
                       update_epochs=2, total_timesteps=4 * 16 * 3)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session. Logical CPUs are oversubscribed (4 on a
+    2-core machine) so a test's evaluator (1 CPU) and a child driver's can coexist.
+    Yields the GCS address, which child processes use to join."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def evaluator_pool(ray_local):
+    """A CPU evaluator shared by tests, so its compiled trainers are reused."""
+    from rayopt.search.evaluator import EvaluatorActor, EvaluatorPool, actor_env
+
+    actor = EvaluatorActor.options(num_cpus=1, runtime_env={"env_vars": actor_env(0, 1)}).remote()
+    return EvaluatorPool([actor], max_attempts=3)
+
+
+def tiny_discovery(**changes):
+    """A discovery that finishes in about a minute on 2 CPU cores (CartPole, tiny PPO)."""
+    from rayopt.config import DiscoveryConfig, from_dict
+
+    base = {
+        "name": "tiny",
+        "envs": ["CartPole-v1"],
+        "seeds": 1,
+        "progress_s": 5.0,
+        "ppo": {"overrides": {"num_envs": 4, "num_steps": 16, "num_minibatches": 2,
+                              "update_epochs": 2, "total_timesteps": 256},
+                "per_env": {}},
+        "search": {"generations": 1, "refinements": 1, "references": ["adam"]},
+        "islands": {"count": 2, "interval": 1, "migrants": 1},
+        "cascade": {"total_timesteps": 128},
+        "evaluator": {"num_cpus": 1, "fast_compile": True},
+    }
+    for key, value in changes.items():
+        node = base
+        *path, last = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return from_dict(DiscoveryConfig, base).validate()

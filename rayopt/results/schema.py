@@ -85,6 +85,7 @@ EVENTS = (
     "invalid",
     "duplicate",
     "rejected",
+    "screened",
     "screened_out",
     "evaluated",
     "evaluation_failed",

@@ -70,6 +70,8 @@ class Search:
     candidates: dict[str, Candidate] = dataclasses.field(default_factory=dict)
     evaluated: int = 0
     failed: int = 0
+    screened: set[str] = dataclasses.field(default_factory=set)  # passed the cascade
+    failed_envs: dict[str, str] = dataclasses.field(default_factory=dict)  # from the journal
     resumed: list[Lineage] = dataclasses.field(default_factory=list)
     migrations_due: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
@@ -91,62 +93,74 @@ class Discovery:
         self._budget = (config.mutator.llm or {}).get("budget_usd") if config.mutator.kind == "llm" else None
         self._t0 = time.monotonic()
         self._ranks: dict[int, list[float]] = {}
+        self._owned: list[Any] = []  # actors this discovery started (and stops)
 
     # ------------------------------------------------------------ set-up
     @classmethod
-    def create(cls, config: DiscoveryConfig, run_dir: str | Path | None = None) -> Discovery:
+    def create(cls, config: DiscoveryConfig, run_dir: str | Path | None = None, **pools: Any) -> Discovery:
         run_dir = Path(run_dir or Path(config.out_dir) / config.name)
         if journal_dir(run_dir).exists() and any(journal_dir(run_dir).glob("*.parquet")):
             raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(dump(config))
-        return cls(config, run_dir)
+        return cls(config, run_dir, **pools)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Discovery:
+    def load(cls, run_dir: str | Path, **pools: Any) -> Discovery:
         run_dir = Path(run_dir)
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}: not a rayopt run directory")
-        return cls(load_discovery(run_dir / CONFIG_FILE), run_dir, resume=True)
+        return cls(load_discovery(run_dir / CONFIG_FILE), run_dir, resume=True, **pools)
 
     def _start_actors(self) -> None:
+        """Evaluator and mutator actors, unless pools were handed in (tests, benchmarks)."""
         cfg = self.config
         if self.evaluators is None:
-            self.evaluators = EvaluatorPool(start_evaluators(cfg), max_attempts=cfg.search.max_eval_attempts)
+            actors = start_evaluators(cfg)
+            self._owned += actors
+            self.evaluators = EvaluatorPool(actors, max_attempts=cfg.search.max_eval_attempts)
         if self.mutators is None:
             llm = dict(cfg.mutator.llm)
             actors = [
                 MutatorActor.options(max_concurrency=cfg.mutator.concurrency).remote(cfg.mutator.kind, llm)
                 for _ in range(cfg.mutator.actors)
             ]
+            self._owned += actors
             self.mutators = MutatorPool(actors)
+
+    def _stop_actors(self) -> None:
+        for actor in [*self._owned, *(isl for s in self.searches for isl in s.islands)]:
+            ray.kill(actor, no_restart=True)
+        self._owned = []
 
     def _run_id(self, meta_seed: int) -> str:
         return f"{self.config.name}-ms{meta_seed}"
 
     # ------------------------------------------------------------ the run
     async def run(self) -> dict[str, Any]:
+        """Run every meta-seed's search to its end; returns a summary of the best."""
         cfg = self.config
         self._start_actors()
         assert self.evaluators is not None
         self.evaluators.reset_clock()
-        history = self._read_journal() if self.resume else None
-        for ms in cfg.meta_seeds:
-            islands = [
-                IslandActor.remote(ms, i, cfg.envs, cfg.search.literal_penalty if cfg.search.literal_policy == "penalise" else 0.0)
-                for i in range(cfg.islands.count)
-            ]
-            search = Search(ms, self._run_id(ms), islands, [0] * cfg.islands.count, [0] * cfg.islands.count)
-            self.searches.append(search)
-        await asyncio.gather(*(self._initialise(s, history) for s in self.searches))
-        progress = asyncio.create_task(self._progress_loop())
+        progress = None
         try:
+            history = self._read_journal() if self.resume else None
+            penalty = cfg.search.literal_penalty if cfg.search.literal_policy == "penalise" else 0.0
+            for ms in cfg.meta_seeds:
+                islands = [IslandActor.remote(ms, i, cfg.envs, penalty) for i in range(cfg.islands.count)]
+                n = cfg.islands.count
+                self.searches.append(Search(ms, self._run_id(ms), islands, [0] * n, [0] * n))
+            await asyncio.gather(*(self._initialise(s, history) for s in self.searches))
+            progress = asyncio.create_task(self._progress_loop())
             await asyncio.gather(*(self._search(s) for s in self.searches))
+            summary = await self.summary()
+            self._print_progress(final=True)
+            return summary
         finally:
-            progress.cancel()
-        summary = await self.summary()
-        self._print_progress(final=True)
-        return summary
+            if progress is not None:
+                progress.cancel()
+            self._stop_actors()
 
     async def _search(self, s: Search) -> None:
         """Run every island's lanes; a lane runs one generation after another, starting
@@ -180,18 +194,24 @@ class Discovery:
 
     # ------------------------------------------------------------ initial archive
     async def _initialise(self, s: Search, history: dict[str, Any] | None) -> None:
+        """Evaluate the initial optimisers (App. B) and the references; on resume, take
+        what the journal has and finish the rest."""
         cfg = self.config
-        initial = [
-            Candidate(id=f"init-{name}", code=SYMBOLIC[name], name=name, mutator="library")
-            for name in cfg.search.initial
-        ]
         state = (history or {}).get(s.run_id)
-        done: dict[str, Candidate] = state["evaluated"] if state else {}
+        if state:
+            self._restore_flags(s, state)
+        created = state["created"] if state else {}
+        done = state["evaluated"] if state else {}
         ready: list[Candidate] = []
         todo: list[Candidate] = []
-        for c in initial:
-            (ready if c.id in done else todo).append(done.get(c.id, c))
-        results = await asyncio.gather(*(self._assess(s, c, island=None, generation=0, created=c.id not in (state or {}).get("created", {}))
+        for name in cfg.search.initial:
+            cid = f"init-{name}"
+            if cid in done:
+                ready.append(done[cid])
+            else:
+                todo.append(created.get(cid) or Candidate(id=cid, code=SYMBOLIC[name], name=name,
+                                                          mutator="library"))
+        results = await asyncio.gather(*(self._assess(s, c, None, 0, created=c.id not in created)
                                          for c in todo))
         ready += [c for c in results if c is not None]
         for c in ready:
@@ -204,19 +224,16 @@ class Discovery:
     async def _reference(self, s: Search, name: str, state: dict[str, Any] | None) -> None:
         """Evaluate a reference optimiser (Adam, OPEN) like a candidate, so analysis can
         say where it would rank; it never joins an archive."""
-        cfg = self.config
         cid = f"ref-{name}"
         if state and cid in state["evaluated"]:
             return
-        spec = resolve(name, open_weights=cfg.open_weights)
-        c = Candidate(id=cid, code=spec.code or "", name=spec.name, mutator="reference")
+        spec = resolve(name, open_weights=self.config.open_weights)
+        c = (state or {}).get("created", {}).get(cid) or Candidate(
+            id=cid, code=spec.code or "", name=spec.name, mutator="reference")
         where = dict(island=None, generation=0, step=0, **c.lineage_row())
         if not (state and cid in state["created"]):
             self._write(s, [dict(event="created", **where)])
-        outcomes = await asyncio.gather(*(self._evaluate(s, c, spec, env, where) for env in cfg.envs))
-        failed = [o for o in outcomes if not o.ok]
-        self._write(s, [dict(event="evaluation_failed" if failed else "evaluated", **where,
-                             error=failed[0].error if failed else None, status="failed" if failed else "ok")])
+        await self._evaluate_all(s, c, spec, where)
 
     # ------------------------------------------------------------ one generation
     async def _generation(self, s: Search, island: int, generation: int) -> None:
@@ -231,10 +248,11 @@ class Discovery:
         """Run (the rest of) a generation, then hand its candidates to the island."""
         cfg = self.config
         current = lin.history[-1] if lin.history else lin.base
-        pending = [self._assess(s, c, lin.island, lin.generation, created=False) for c in lin.pending]
-        for step in range(lin.next_step - len(pending), cfg.search.refinements + 1):
-            if pending:  # created before a crash: finish it, no new mutation
-                cand = await pending.pop(0)
+        steps = [(c.step, c) for c in lin.pending]  # created before a crash: no new mutation
+        steps += [(step, None) for step in range(lin.next_step, cfg.search.refinements + 1)]
+        for step, pending in steps:
+            if pending is not None:
+                cand = await self._assess(s, pending, lin.island, lin.generation, created=False)
             elif self._over_budget():
                 break
             else:
@@ -285,75 +303,95 @@ class Discovery:
             fingerprint=checked.fingerprint, literal_count=checked.literal_count,
             new_literals=checked.new_literals,
         )
-        self._write(s, calls)
-        return await self._assess(s, cand, lin.island, lin.generation, created=True, checked=checked)
+        return await self._assess(s, cand, lin.island, lin.generation, created=True,
+                                  checked=checked, preface=calls)
 
     # ------------------------------------------------------------ the cascade
     async def _assess(self, s: Search, c: Candidate, island: int | None, generation: int,
-                      created: bool, checked: Checked | None = None) -> Candidate | None:
-        """Check, deduplicate, screen and fully evaluate ``c``; None if it fell out."""
+                      created: bool, checked: Checked | None = None,
+                      preface: list[dict] | None = None) -> Candidate | None:
+        """Check, deduplicate, screen and fully evaluate ``c``; None if it fell out.
+
+        Each decision is written in one part file together with the rows it rests on
+        (the model calls with ``created``, the screening rows with their verdict), so a
+        crash leaves either both or neither.
+        """
         cfg = self.config
-        where = dict(island=island, generation=generation, step=c.step, **c.lineage_row())
         if checked is None:
             checked = await asyncio.to_thread(_check_code, c)
             c.code_hash, c.fingerprint = checked.code_hash, checked.fingerprint
             c.literal_count = checked.literal_count if checked.ok else c.literal_count
-            where.update(c.lineage_row())
-        if created:
-            self._write(s, [dict(event="created", **where)])
+        where = dict(island=island, generation=generation, step=c.step, **c.lineage_row())
+        pending = [*(preface or []), *([dict(event="created", **where)] if created else [])]
         s.candidates.setdefault(c.id, c)
         if not checked.ok:
-            self._write(s, [dict(event="invalid", **where, error_kind=checked.error_kind,
-                                 error_line=checked.error_line, error=checked.error)])
+            self._write(s, [*pending, dict(event="invalid", **where, error_kind=checked.error_kind,
+                                           error_line=checked.error_line, error=checked.error)])
             return None
-        if c.mutator != "library":
+        if c.mutator not in ("library", "reference"):
             if cfg.cascade.dedup:
                 orig = s.by_hash.get(c.code_hash or "") or s.by_fingerprint.get(c.fingerprint or "")
                 if orig is not None and orig.id != c.id:
-                    self._write(s, [dict(event="duplicate", **where, ref_candidate_id=orig.id,
-                                         status="same hash" if orig.code_hash == c.code_hash else "same fingerprint")])
+                    same = "same hash" if orig.code_hash == c.code_hash else "same fingerprint"
+                    self._write(s, [*pending, dict(event="duplicate", **where,
+                                                   ref_candidate_id=orig.id, status=same)])
                     return _copy_scores(c, orig)
             if cfg.search.literal_policy == "reject" and c.new_literals > cfg.search.max_new_literals:
-                self._write(s, [dict(event="rejected", **where,
-                                     error=f"introduces {c.new_literals} tunable literals (max {cfg.search.max_new_literals})")])
+                why = f"introduces {c.new_literals} tunable literals (max {cfg.search.max_new_literals})"
+                self._write(s, [*pending, dict(event="rejected", **where, error=why)])
                 return None
+        self._write(s, pending)
         spec = OptimiserSpec(name=c.name or c.id, kind="symbolic", code=c.code)
-        if cfg.cascade.enabled and c.mutator != "library":
-            ok, why = await self._screen(s, c, spec, where)
-            if not ok:
-                self._write(s, [dict(event="screened_out", **where, error=why)])
+        if cfg.cascade.enabled and c.mutator not in ("library", "reference") and c.id not in s.screened:
+            if not await self._screen(s, c, spec, where):
                 return None
-        outcomes = await asyncio.gather(*(self._evaluate(s, c, spec, env, where) for env in cfg.envs
-                                          if env not in c.final_return))
-        failed = [o for o in outcomes if o is not None and not o.ok]
-        if failed:
-            s.failed += 1
-            self._write(s, [dict(event="evaluation_failed", **where, env=failed[0].task.config.env,
-                                 attempt=failed[0].attempts, error_kind=failed[0].error_kind,
-                                 error=failed[0].error)])
-            return None
-        s.evaluated += 1
-        self._index(s, c)
-        self._write(s, [dict(event="evaluated", **where, status="ok",
-                             final_return=float(np.nanmean([c.final_return[e] for e in cfg.envs])))])
-        return c
+        return await self._evaluate_all(s, c, spec, where)
 
-    async def _screen(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> tuple[bool, str]:
+    async def _screen(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> bool:
+        """The cascade's short run; writes its rows and its verdict together."""
         cfg = self.config
         env = cfg.cascade.env
         ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
-        task = EvalTask(f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)), fast_compile=True)
+        task = EvalTask(f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)),
+                        fast_compile=True)
         out = await self.evaluators.run(task)
-        self._write(s, self._rows(out, where, stage="screen"))
+        why = ""
         if not out.ok:
-            return False, f"screen run failed: {out.error}"
-        if not np.all(out.finite):
-            return False, "non-finite parameters in the screening run"
-        floor = await self._random_floor(env)
-        ret = float(np.nanmean(out.final_return))
-        if math.isfinite(floor) and not (ret >= cfg.cascade.random_margin * floor):
-            return False, f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x random policy {floor:.3g}"
-        return True, ""
+            why = f"screen run failed: {out.error}"
+        elif not np.all(out.finite):
+            why = "non-finite parameters in the screening run"
+        else:
+            floor = await self._random_floor(env)
+            ret = float(np.nanmean(out.final_return))
+            if math.isfinite(floor) and not ret >= cfg.cascade.random_margin * floor:
+                why = (f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x "
+                       f"random policy {floor:.3g}")
+        verdict = dict(event="screened_out", **where, error=why) if why else dict(event="screened", **where)
+        self._write(s, [*self._rows(out, where, stage="screen"), verdict])
+        s.screened.add(c.id)
+        return not why
+
+    async def _evaluate_all(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> Candidate | None:
+        """Every environment not yet journalled for ``c``, then the verdict."""
+        cfg = self.config
+        outcomes = await asyncio.gather(*(self._evaluate(s, c, spec, env, where) for env in cfg.envs
+                                          if env not in c.final_return))
+        failed = [o for o in outcomes if not o.ok]
+        if failed or c.id in s.failed_envs:
+            s.failed += 1
+            f = failed[0] if failed else None
+            self._write(s, [dict(event="evaluation_failed", **where,
+                                 env=f.task.config.env if f else s.failed_envs[c.id],
+                                 attempt=f.attempts if f else None,
+                                 error_kind=f.error_kind if f else "evaluation",
+                                 error=f.error if f else "failed before the crash (see its rows)")])
+            return None
+        if c.mutator != "reference":
+            s.evaluated += 1
+            self._index(s, c)
+        mean = float(np.nanmean([c.final_return[e] for e in cfg.envs]))
+        self._write(s, [dict(event="evaluated", **where, status="ok", final_return=mean)])
+        return c
 
     async def _random_floor(self, env: str) -> float:
         if env not in self.random_floor:
@@ -426,88 +464,102 @@ class Discovery:
 
     # ------------------------------------------------------------ resume
     def _read_journal(self) -> dict[str, Any]:
-        """Per run id: candidates, their scores and the state of every generation."""
-        table = read(self.run_dir)
-        rows = table.to_pylist()
+        """Per run id: every candidate (with the scores its rows hold), its last verdict,
+        and the rows themselves (for generations and migrations)."""
+        rows = read(self.run_dir).to_pylist()  # files in write order; rows in file order
         self.cost_usd = sum(r["cost_usd"] or 0.0 for r in rows if r["event"] == "llm_call")
-        out: dict[str, Any] = {}
         by_run: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
             by_run[r["run_id"]].append(r)
+        out: dict[str, Any] = {}
+        verdicts = ("invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated")
         for run_id, rs in by_run.items():
-            rs.sort(key=lambda r: r["time"])
             created: dict[str, Candidate] = {}
-            scores: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+            full: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
             terminal: dict[str, str] = {}
+            screened: set[str] = set()
+            failed_envs: dict[str, str] = {}
             for r in rs:
+                cid = r["candidate_id"]
                 if r["event"] == "created":
-                    created[r["candidate_id"]] = _candidate_from_row(r)
-                elif r["row_type"] == "evaluation" and r["stage"] == "full" and r["status"] in ("ok", "nonfinite"):
-                    scores[r["candidate_id"]][r["env"]].append(r)
-                elif r["event"] in ("invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated"):
-                    terminal[r["candidate_id"]] = r["event"]
-                    if r["event"] == "duplicate":
-                        created[r["candidate_id"]].duplicate_of = r["ref_candidate_id"]
-            for cid, envs in scores.items():
+                    created[cid] = _candidate_from_row(r)
+                elif r["event"] == "screened":
+                    screened.add(cid)
+                elif r["event"] in verdicts:
+                    terminal[cid] = r["event"]
+                    if r["event"] == "duplicate" and cid in created:
+                        created[cid].duplicate_of = r["ref_candidate_id"]
+                elif r["row_type"] == "evaluation" and r["stage"] == "full":
+                    if r["status"] == "failed":
+                        failed_envs[cid] = r["env"]
+                    else:
+                        full[cid][r["env"]][r["seed"]] = r
+            for cid, envs in full.items():
                 c = created.get(cid)
-                if c is None:
-                    continue
-                for env, erows in envs.items():
-                    erows = {e["seed"]: e for e in erows}.values()  # one row per seed
+                for env, by_seed in envs.items() if c is not None else ():
+                    erows = list(by_seed.values())
                     c.final_return[env] = float(np.nanmean([e["final_return"] for e in erows]))
                     c.auc[env] = float(np.nanmean([e["auc"] for e in erows]))
-                    c.curves[env] = np.nanmean([e["return_curve"] for e in erows], axis=0).astype(float).tolist()
+                    c.curves[env] = np.nanmean([e["return_curve"] for e in erows], axis=0).tolist()
             evaluated = {cid: c for cid, c in created.items() if terminal.get(cid) == "evaluated"}
-            out[run_id] = dict(rows=rs, created=created, terminal=terminal, evaluated=evaluated)
+            out[run_id] = dict(rows=rs, created=created, terminal=terminal, evaluated=evaluated,
+                               screened=screened, failed_envs=failed_envs)
         return out
 
+    def _restore_flags(self, s: Search, state: dict[str, Any]) -> None:
+        """Cascade verdicts that outlive a crash: passed screens and failed envs."""
+        s.screened |= state["screened"]
+        s.failed_envs.update(state["failed_envs"])
+
     async def _restore(self, s: Search, state: dict[str, Any]) -> None:
-        """Rebuild islands, counters, unfinished generations and due migrations."""
+        """Rebuild archives, counters, unfinished generations and due migrations."""
         cfg = self.config
-        rs, created, terminal, evaluated = state["rows"], state["created"], state["terminal"], state["evaluated"]
-        evaluated = {k: c for k, c in evaluated.items() if c.mutator != "reference"}
+        rs, created, terminal = state["rows"], state["created"], state["terminal"]
+        evaluated = {k: c for k, c in state["evaluated"].items() if c.mutator != "reference"}
         for c in evaluated.values():
             self._index(s, c)
         starts = {(r["island"], r["generation"]): r for r in rs if r["event"] == "generation_start"}
-        ends = {(r["island"], r["generation"]) for r in rs if r["event"] == "generation_end"}
-        migrated = defaultdict(list)
+        ends = [(r["island"], r["generation"]) for r in rs if r["event"] == "generation_end"]
+        migrated: dict[tuple[int, int], list[dict]] = defaultdict(list)
         for r in rs:
             if r["event"] == "migrated":
                 migrated[(r["island"], r["generation"])].append(r)
-        # archives: finished generations' candidates, then migrants (by id), in journal order
-        for (island, gen) in sorted(ends):
-            members = [c for c in evaluated.values() if c.island == island and c.generation == gen]
-            if members:
+        # Replay in journal order: finished generations hand over their candidates, migrants
+        # arrive by id. (Archives are sets with a stable order, so ranks come out the same.)
+        for r in rs:
+            if r["event"] == "generation_end":
+                island, gen = r["island"], r["generation"]
+                members = [c for c in evaluated.values() if c.island == island and c.generation == gen]
                 await s.islands[island].add.remote(members)
-        for (src, done), mrows in sorted(migrated.items()):
-            for d in {r["dest_island"] for r in mrows}:
-                ids = [r["candidate_id"] for r in mrows if r["dest_island"] == d]
-                await s.islands[d].add.remote([s.candidates[i] for i in ids if i in s.candidates])
+            elif r["event"] == "migrated" and r["candidate_id"] in s.candidates:
+                await s.islands[r["dest_island"]].add.remote([s.candidates[r["candidate_id"]]])
         for island in range(cfg.islands.count):
             s.started[island] = max([g for (i, g) in starts if i == island], default=0)
             s.finished[island] = sum(1 for (i, _) in ends if i == island)
-            for k in range(cfg.islands.interval, s.finished[island] + 1, cfg.islands.interval):
-                if (island, k) not in migrated:
-                    s.migrations_due.append((island, k))
+            if cfg.islands.count > 1 and cfg.islands.migrants > 0:
+                for k in range(cfg.islands.interval, s.finished[island] + 1, cfg.islands.interval):
+                    if (island, k) not in migrated:
+                        s.migrations_due.append((island, k))
         for (island, gen), start in sorted(starts.items()):
             if (island, gen) in ends:
                 continue
-            base = s.candidates.get(start["base_id"]) or evaluated.get(start["base_id"])
+            base = s.candidates[start["base_id"]]
             context = [s.candidates[i] for i in (start["context_ids"] or []) if i in s.candidates]
             mine = sorted((c for c in created.values() if c.island == island and c.generation == gen),
                           key=lambda c: c.step)
-            lin = Lineage(island, gen, base, context, next_step=max([c.step for c in mine], default=0) + 1)
+            lin = Lineage(island, gen, base, context,
+                          next_step=max([c.step for c in mine], default=0) + 1)
             for c in mine:
-                t = terminal.get(c.id)
-                if t == "evaluated":
+                verdict = terminal.get(c.id)
+                if verdict == "evaluated":
                     lin.history.append(evaluated[c.id])
                     lin.evaluated.append(evaluated[c.id])
-                elif t == "duplicate" and c.duplicate_of in s.candidates:
+                elif verdict == "duplicate" and c.duplicate_of in s.candidates:
                     lin.history.append(_copy_scores(c, s.candidates[c.duplicate_of]))
-                elif t is None:
+                elif verdict is None:
                     lin.pending.append(c)
             s.resumed.append(lin)
-        s.evaluated = sum(1 for c in evaluated.values() if c.mutator != "library")
+        s.evaluated = sum(1 for c in evaluated.values() if c.mutator == "offline" or c.mutator == "llm")
 
     # ------------------------------------------------------------ progress
     async def _progress_loop(self) -> None:

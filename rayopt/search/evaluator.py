@@ -136,6 +136,7 @@ class EvaluatorPool:
         self.max_attempts = max_attempts
         self.slots = [_Slot(a, i) for a in actors for i in range(slots_per_actor)]
         self._free: asyncio.Queue[_Slot] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
         self.pending = 0  # tasks waiting for or holding a slot
         self.done = 0
@@ -145,7 +146,10 @@ class EvaluatorPool:
         return len(self.slots)
 
     def _queue(self) -> asyncio.Queue[_Slot]:
-        if self._free is None:
+        """The free-slot queue of the running event loop (a pool outlives ``asyncio.run``)."""
+        loop = asyncio.get_running_loop()
+        if self._free is None or self._loop is not loop:
+            self._loop = loop
             self._free = asyncio.Queue()
             for s in self.slots:
                 self._free.put_nowait(s)
@@ -172,20 +176,37 @@ class EvaluatorPool:
                 try:
                     out = await slot.actor.evaluate.remote(task)
                 except RayTaskError as err:  # the evaluation raised: bad code, not bad luck
+                    slot.busy_s += time.monotonic() - t0
+                    free.put_nowait(slot)
                     return EvalOutcome(task, ok=False, attempts=attempt, error=_short(err),
                                        error_kind="evaluation")
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
-                    continue  # Ray restarts the actor; the next attempt waits for it
-                finally:
                     slot.busy_s += time.monotonic() - t0
+                    await _until_alive(slot.actor)  # Ray restarts it; don't spend attempts
                     free.put_nowait(slot)
+                    continue
+                slot.busy_s += time.monotonic() - t0
+                free.put_nowait(slot)
                 self.done += 1
                 return EvalOutcome(task, ok=True, attempts=attempt, **out)
             return EvalOutcome(task, ok=False, attempts=self.max_attempts, error=error,
                                error_kind="evaluator_died")
         finally:
             self.pending -= 1
+
+
+async def _until_alive(actor: Any, timeout_s: float = 300.0) -> None:
+    """Wait while Ray restarts ``actor``: calls made meanwhile fail at once and would
+    spend attempts. After ``timeout_s`` (a node gone for good) the next attempt runs
+    anyway and reports what it finds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            await actor.__ray_ready__.remote()
+            return
+        except (ActorUnavailableError, RayActorError):  # ActorDiedError included
+            await asyncio.sleep(0.5)
 
 
 def _short(err: BaseException, limit: int = 500) -> str:
