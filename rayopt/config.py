@@ -49,7 +49,7 @@ class SearchSection:
         default_factory=lambda: ["sign_update", "relative_update", "gradient_step", "clipped_update"]
     )
     references: list[str] = dataclasses.field(default_factory=lambda: ["adam"])  # ranked, never bred
-    lineages_per_island: int = 1  # generations of one island in flight at once
+    lineages_per_island: int = 1  # generations of one island in flight; 0: enough to fill evaluators
     max_eval_attempts: int = 3  # evaluator crashes tolerated per evaluation
     literal_policy: Literal["record", "penalise", "reject"] = "record"
     literal_penalty: float = 0.5  # rank penalty per tunable literal a candidate introduces
@@ -170,7 +170,7 @@ class DiscoveryConfig:
             (self.search.refinements >= 1, "search.refinements must be >= 1"),
             (0.0 <= self.search.exploit_p <= 1.0, "search.exploit_p must be in [0, 1]"),
             (self.search.top_k >= 1, "search.top_k must be >= 1"),
-            (self.search.lineages_per_island >= 1, "search.lineages_per_island must be >= 1"),
+            (self.search.lineages_per_island >= 0, "search.lineages_per_island must be >= 0"),
             (self.search.max_eval_attempts >= 1, "search.max_eval_attempts must be >= 1"),
             (self.islands.count >= 1, "islands.count must be >= 1"),
             (self.islands.interval >= 1, "islands.interval must be >= 1"),

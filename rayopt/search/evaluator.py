@@ -139,6 +139,7 @@ class EvaluatorPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
         self.pending = 0  # tasks waiting for or holding a slot
+        self.busy = 0  # slots running a task right now
         self.done = 0
 
     @property
@@ -173,19 +174,23 @@ class EvaluatorPool:
             for attempt in range(1, self.max_attempts + 1):
                 slot = await free.get()
                 t0 = time.monotonic()
+                self.busy += 1
                 try:
                     out = await slot.actor.evaluate.remote(task)
                 except RayTaskError as err:  # the evaluation raised: bad code, not bad luck
+                    self.busy -= 1
                     slot.busy_s += time.monotonic() - t0
                     free.put_nowait(slot)
                     return EvalOutcome(task, ok=False, attempts=attempt, error=_short(err),
                                        error_kind="evaluation")
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
+                    self.busy -= 1
                     slot.busy_s += time.monotonic() - t0
                     await _until_alive(slot.actor)  # Ray restarts it; don't spend attempts
                     free.put_nowait(slot)
                     continue
+                self.busy -= 1
                 slot.busy_s += time.monotonic() - t0
                 free.put_nowait(slot)
                 self.done += 1
