@@ -88,7 +88,7 @@ class MutatorSection:
 
     kind: Literal["offline", "llm"] = "offline"
     actors: int = 1
-    concurrency: int = 16  # proposals in flight per mutator actor
+    proposals_per_actor: int = 16  # in flight at once on one actor (LLM calls are I/O)
     llm: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -179,6 +179,7 @@ class DiscoveryConfig:
             (bool(self.meta_seeds), "meta_seeds must not be empty"),
             (len(set(self.meta_seeds)) == len(self.meta_seeds), "meta_seeds must be distinct"),
             (self.mutator.actors >= 1, "mutator.actors must be >= 1"),
+            (self.mutator.proposals_per_actor >= 1, "mutator.proposals_per_actor must be >= 1"),
             (self.evaluator.count >= 0, "evaluator.count must be >= 0"),
             (self.evaluator.num_gpus >= 0, "evaluator.num_gpus must be >= 0"),
             (self.evaluator.run_ahead >= 0, "evaluator.run_ahead must be >= 0"),
@@ -187,12 +188,19 @@ class DiscoveryConfig:
             if not ok:
                 raise ConfigError(message)
         if self.mutator.kind == "llm":
-            from rayopt.search.mutators.llm import LLMConfig
+            from rayopt.search.mutators.config import LLMConfig
 
+            prompts = self.mutator.llm.get("prompts") or {}
+            if isinstance(prompts, dict):  # absolute here: Ray workers run elsewhere
+                self.mutator.llm["prompts"] = {
+                    k: str(Path(v).resolve()) if isinstance(v, str) else v for k, v in prompts.items()
+                }
             try:
                 LLMConfig.from_dict(self.mutator.llm)
             except (TypeError, ValueError) as err:
-                raise ConfigError(f"mutator.llm: {err}") from None
+                raise ConfigError(str(err).replace("mutator", "mutator.llm", 1)) from None
+        elif self.mutator.llm:
+            raise ConfigError("mutator.llm is set but mutator.kind is offline; set kind: llm")
         return self
 
     def ppo_overrides(self, env: str) -> dict[str, Any]:
@@ -296,17 +304,37 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a mapping; ``extends: OTHER.yaml`` (relative to the file) is
+    loaded first and this file's keys are merged over it (mappings deeply, the rest
+    replaced)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path in _seen:
+        raise ConfigError(f"{path}: extends itself (via {' -> '.join(map(str, _seen))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    return _merge(read_yaml(path.parent / base, (*_seen, path)), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)
 

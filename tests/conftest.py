@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest  # noqa: E402
+import os
 
-import rayopt  # noqa: F401  (first: sets the XLA host-device flag before JAX starts)
+import pytest
+
+import rayopt  # noqa: F401  (before JAX: sets the XLA host-device flag)
+
+# Set before any Ray worker starts: workers inherit the environment of the raylet, which
+# ray.init starts from this process. A fake key, for the fake LLM server on 127.0.0.1.
+E2E_KEY_ENV = "RAYOPT_E2E_LLM_KEY"
+E2E_KEY = "sk-e2e-SECRET-4b1d9e"
+os.environ.setdefault(E2E_KEY_ENV, E2E_KEY)
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
 @pytest.fixture(scope="session")

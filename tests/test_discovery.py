@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import ray
+from conftest import tiny_discovery
 
 from rayopt.config import dump
 from rayopt.optim import resolve
@@ -23,7 +24,6 @@ from rayopt.results.schema import SCHEMA
 from rayopt.rl.ppo import config_for
 from rayopt.search.driver import Discovery
 from rayopt.search.evaluator import EvalTask, EvaluatorPool
-from tests.conftest import tiny_discovery
 
 VERDICTS = {"invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated"}
 
@@ -104,7 +104,7 @@ def test_kill_driver_then_resume_exactly_once(ray_local, tmp_path):
             df = read(run_dir, columns=["event", "candidate_id"]).to_pandas()
         except FileNotFoundError:
             continue
-        done = df[(df.event == "evaluated") & df.candidate_id.str.startswith("i")]
+        done = df[(df.event == "evaluated") & df.candidate_id.str.match(r"i\d+-g\d+-s\d+")]
         if len(done) >= 1:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -73,7 +73,18 @@ def check(code: str, *, dry_run: bool = True, timeout: float = 10.0) -> CheckRes
     error = validate(code)
     if error is not None or not dry_run:
         return result(error)
+    cached = _DRY_RUNS.get(code)
+    if cached is not None:  # the coder's validator and the engine check the same code
+        return result(*cached)
     from rayopt.program.sandbox import dry_run as run
 
     outcome = run(code, timeout=timeout)
+    if outcome.error is None or outcome.error.kind not in ("timeout", "internal", "memory"):
+        _DRY_RUNS[code] = (outcome.error, outcome.fingerprint)  # deterministic outcomes only
+        while len(_DRY_RUNS) > 512:
+            _DRY_RUNS.pop(next(iter(_DRY_RUNS)))
     return result(outcome.error, outcome.fingerprint)
+
+
+#: Dry-run outcomes by source text (insertion-ordered: the oldest is dropped first).
+_DRY_RUNS: dict[str, tuple[ProgramError | None, str | None]] = {}

@@ -122,7 +122,7 @@ class Discovery:
         if self.mutators is None:
             llm = dict(cfg.mutator.llm)
             actors = [
-                MutatorActor.options(max_concurrency=cfg.mutator.concurrency).remote(cfg.mutator.kind, llm)
+                MutatorActor.options(max_concurrency=cfg.mutator.proposals_per_actor).remote(cfg.mutator.kind, llm)
                 for _ in range(cfg.mutator.actors)
             ]
             self._owned += actors
