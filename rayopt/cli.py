@@ -138,7 +138,8 @@ def _add_discover(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--meta-seeds", type=lambda t: [int(x) for x in _csv(t)],
                    help="independent searches side by side, e.g. 0,1,2")
     p.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: local")
-    p.add_argument("--open-weights", help="OPEN checkpoint, for OPEN's reference rank in reports")
+    p.add_argument("--open-weights",
+                   help="OPEN checkpoint (multi_OPEN.npy): needed when search.references has open")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. search.generations=5 islands.count=4")
     p.set_defaults(func=_discover)
@@ -161,6 +162,8 @@ def _discover(args: argparse.Namespace) -> int:
                 overrides.append(f"meta_seeds={args.meta_seeds}")
             if args.address:
                 overrides.append(f"address={args.address}")
+            if args.open_weights:
+                overrides.append(f"open_weights={args.open_weights}")
             config = load_discovery(args.config, overrides)
             discovery = Discovery.create(config, args.run_dir)
     except (ConfigError, FileExistsError, FileNotFoundError) as err:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
 from rayopt.optim import OptimiserSpec, build
-from rayopt.rl.execution import clear_compiled, train_seeds
+from rayopt.rl.execution import train_seeds
 from rayopt.rl.ppo import PPOConfig, Trainer, make_train
 
 
@@ -34,17 +34,36 @@ class EnvResult:
         return len(self.seeds) * c.num_updates * c.num_envs * c.num_steps
 
 
-@lru_cache(maxsize=8)
+#: Trainers (with their compiled executables) by (optimiser, config), least recent first.
+_TRAINERS: OrderedDict[tuple[OptimiserSpec, PPOConfig], Trainer] = OrderedDict()
+MAX_TRAINERS = 8
+
+
 def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
     """A cached trainer, so a repeated (optimiser, config) reuses its compiled code."""
-    return make_train(config, build(spec, config.max_grad_norm))
+    key = (spec, config)
+    if key in _TRAINERS:
+        _TRAINERS.move_to_end(key)
+    else:
+        _TRAINERS[key] = make_train(config, build(spec, config.max_grad_norm))
+        while len(_TRAINERS) > MAX_TRAINERS:
+            _TRAINERS.popitem(last=False)
+    return _TRAINERS[key]
 
 
 def evaluate(
-    spec: OptimiserSpec, config: PPOConfig, seeds: Sequence[int], fast_compile: bool = False
+    spec: OptimiserSpec, config: PPOConfig, seeds: Sequence[int], fast_compile: bool = False,
+    keep: bool = True,
 ) -> EnvResult:
-    """Train PPO with ``spec`` on ``config.env`` once per seed."""
-    result = train_seeds(trainer_for(spec, config), seeds, fast_compile=fast_compile)
+    """Train PPO with ``spec`` on ``config.env`` once per seed.
+
+    ``keep=False`` drops the compiled trainer afterwards (a discovery candidate is
+    evaluated once per config; its executable would only hold memory).
+    """
+    trainer = trainer_for(spec, config)
+    result = train_seeds(trainer, seeds, fast_compile=fast_compile)
+    if not keep:
+        _TRAINERS.pop((spec, config), None)
     m = result.metrics
     return EnvResult(
         optimiser=spec.name,
@@ -61,9 +80,8 @@ def evaluate(
 
 
 def release() -> None:
-    """Forget cached trainers and executables (memory back between candidates)."""
-    trainer_for.cache_clear()
-    clear_compiled()
+    """Forget every cached trainer and its executables."""
+    _TRAINERS.clear()
 
 
 def random_policy_return(env: str, num_envs: int = 64, num_steps: int = 2000, seed: int = 0) -> float:

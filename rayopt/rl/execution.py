@@ -21,7 +21,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -81,8 +80,7 @@ def _per_device_fn(trainer: Trainer, strategy: str):
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-@lru_cache(maxsize=16)
-def _compiled(trainer: Trainer, n_devices: int, per_device: int, strategy: str, fast_compile: bool):
+def _compile(trainer: Trainer, n_devices: int, per_device: int, strategy: str, fast_compile: bool):
     """AOT-compiled training for this layout, and the seconds compiling took."""
     mesh = Mesh(np.asarray(jax.local_devices()[:n_devices]), ("seeds",))
     sharded = jax.shard_map(
@@ -105,7 +103,7 @@ def train_seeds(
     """Train ``trainer`` once per seed (``strategy``: auto, vmap or map).
 
     ``fast_compile`` trades run speed for compile speed on CPU (see ``FAST_COMPILE``).
-    The compiled executable is cached per (trainer, layout): reuse the trainer object
+    The compiled executable is kept on the trainer per layout: reuse the trainer object
     to skip recompiling (``compile_s`` is then 0).
     """
     seeds = list(seeds)
@@ -116,10 +114,12 @@ def train_seeds(
     if strategy not in ("vmap", "map"):
         raise ValueError(f"strategy must be auto, vmap or map, not {strategy!r}")
     n_devices, per_device = plan(len(seeds))
-    hit = _compiled.cache_info().hits
-    compiled, compile_s = _compiled(trainer, n_devices, per_device, strategy, fast_compile)
-    if _compiled.cache_info().hits > hit:
-        compile_s = 0.0
+    layout = (n_devices, per_device, strategy, fast_compile)
+    if layout in trainer.compiled:
+        compiled, compile_s = trainer.compiled[layout], 0.0
+    else:
+        compiled, compile_s = _compile(trainer, *layout)
+        trainer.compiled[layout] = compiled
     padded = seeds + [seeds[-1]] * (n_devices * per_device - len(seeds))
     t0 = time.perf_counter()
     out = jax.device_get(compiled(seed_keys(padded)))
@@ -127,7 +127,3 @@ def train_seeds(
     metrics = Metrics(*(np.asarray(x)[: len(seeds)] for x in out))
     return TrainResult(metrics, compile_s, run_s)
 
-
-def clear_compiled() -> None:
-    """Drop every compiled trainer (an evaluator calls this between candidates)."""
-    _compiled.cache_clear()

@@ -129,11 +129,16 @@ class Transition(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Trainer:
-    """``init(key) -> RunnerState`` and ``run(RunnerState) -> Metrics`` for one seed."""
+    """``init(key) -> RunnerState`` and ``run(RunnerState) -> Metrics`` for one seed.
+
+    ``compiled`` holds this trainer's executables by layout (see rayopt.rl.execution):
+    they live and die with the trainer.
+    """
 
     config: PPOConfig
     init: Any
     run: Any
+    compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def train(self, key: jax.Array) -> Metrics:
         return self.run(self.init(key))

@@ -98,8 +98,12 @@ class Discovery:
     # ------------------------------------------------------------ set-up
     @classmethod
     def create(cls, config: DiscoveryConfig, run_dir: str | Path | None = None, **pools: Any) -> Discovery:
-        run_dir = Path(run_dir or Path(config.out_dir) / config.name)
-        if journal_dir(run_dir).exists() and any(journal_dir(run_dir).glob("*.parquet")):
+        if run_dir is None:  # OUT_DIR/NAME, or NAME-1, NAME-2 ... if taken
+            base = Path(config.out_dir) / config.name
+            run_dir = next(p for p in (base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 10_000)))
+                           if not _holds_run(p))
+        run_dir = Path(run_dir)
+        if _holds_run(run_dir):
             raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(dump(config))
@@ -608,6 +612,10 @@ def _check_code(c: Candidate) -> Checked:
 
     parent = SYMBOLIC.get(c.name or "", c.code)
     return check_proposal(MutationResult(ok=True, mutator=c.mutator, code=c.code), parent)
+
+
+def _holds_run(path: Path) -> bool:
+    return (path / CONFIG_FILE).exists() or any(journal_dir(path).glob("*.parquet"))
 
 
 def _copy_scores(dup: Candidate, orig: Candidate) -> Candidate:

@@ -93,15 +93,20 @@ class EvaluatorActor:
     def evaluate(self, task: EvalTask) -> dict[str, Any]:
         from rayopt.rl.evaluation import evaluate
 
-        # symbolic code is validated again by build(): the evaluator trusts no caller
-        r = evaluate(task.spec, task.config, task.seeds, fast_compile=task.fast_compile)
+        # Symbolic code is validated again by build(): the evaluator trusts no caller.
+        # Library and reference optimisers recur (meta-seeds, sweeps): keep them compiled;
+        # a candidate is evaluated once per config: free its executable at once.
+        from rayopt.optim import SYMBOLIC
+
+        keep = task.spec.kind != "symbolic" or SYMBOLIC.get(task.spec.name) == task.spec.code
+        r = evaluate(task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=keep)
         return dict(
             final_return=r.final_return, auc=r.auc, return_curve=r.return_curve, finite=r.finite,
             compile_s=r.compile_s, run_s=r.run_s, node=self.node, evaluator=self.id,
         )
 
-    def release(self, keep_library: bool = True) -> None:
-        """Free compiled candidates between candidates (memory back to the device)."""
+    def release(self) -> None:
+        """Free every compiled trainer and JAX's caches (memory back to the device)."""
         from rayopt.rl.evaluation import release
 
         release()
