@@ -108,3 +108,12 @@ def test_config_validation():
     assert (c.num_envs, c.num_steps, c.total_timesteps, c.num_minibatches) == (4, 128, 500_000, 4)
     m = config_for("spaceinvaders")
     assert (m.num_envs, m.num_steps, m.total_timesteps, m.num_minibatches) == (64, 128, 10**7, 8)
+
+
+@pytest.mark.slow
+def test_craftax_classic_trains():
+    """Craftax-Classic behind its optional extra (compiling it takes ~10 minutes on CPU)."""
+    pytest.importorskip("craftax")
+    cfg = config_for("craftax", total_timesteps=256 * 16 * 4)
+    m = train_seeds(make_train(cfg, build(resolve("adam"))), [0], fast_compile=True).metrics
+    assert m.finite.all() and np.isfinite(m.final_return).all()
