@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -214,25 +215,30 @@ class DiscoveryConfig:
 
 
 # ------------------------------------------------------------------ loading
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types; an
+    error names the offending key path (``search.generations: expected int, got str``)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {_describe(data)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
-            f"{where + ': ' if where else ''}unknown key(s) {sorted(unknown)}; known: {sorted(fields)}"
+            f"{where + ': ' if where else ''}unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(names)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a __post_init__ check: say where
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value or {}, where)
+        return from_dict(tp, {} if value is None else value, where)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -250,33 +256,32 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
         (item,) = get_args(tp)
         return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
         key_t, val_t = get_args(tp)
         return {_coerce(key_t, k, where): _coerce(val_t, v, f"{where}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool)
+        or isinstance(value, float) and value.is_integer(),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if tp not in ok:
+        raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+    if not ok[tp]:
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {_describe(value)}")
+    return tp(value)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {repr(value)[:40]}"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

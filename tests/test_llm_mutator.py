@@ -705,6 +705,9 @@ def test_integers_are_accepted_for_floats():
 
 @pytest.mark.parametrize("name", ["llm-openai.yaml", "llm-anthropic.yaml", "llm-local.yaml"])
 def test_example_configs_parse(name):
+    from rayopt.config import load_discovery
+
+    assert load_discovery(ROOT / "configs" / name).mutator.kind == "llm"
     c = LLMConfig.from_yaml(ROOT / "configs" / name)
     assert c.kind == "llm"
     for role in (c.thinker, c.coder):

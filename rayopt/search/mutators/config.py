@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from rayopt.config import ConfigError, from_dict
 
 #: The providers the client layer speaks (see providers.py).
 PROVIDERS = ("openai", "anthropic", "openai_compatible")
@@ -33,8 +33,7 @@ DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _ROLE_TEMPERATURE = {"thinker": THINKER_TEMPERATURE, "coder": CODER_TEMPERATURE}
 
 
-class ConfigError(ValueError):
-    """A mutator config that cannot be used; the message names the key."""
+__all__ = ["ConfigError", "LLMConfig", "Price", "PromptPaths", "RoleConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +211,7 @@ class LLMConfig:
                 if "temperature" not in section and section.get("provider") != "anthropic":
                     section["temperature"] = _ROLE_TEMPERATURE[role]
                 data[role] = section
-        config = _build(cls, data, "mutator")
+        config = from_dict(cls, data, "mutator")
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         resolved = {
             f.name: str((base / p).resolve()) if p is not None else None
@@ -223,75 +222,12 @@ class LLMConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> LLMConfig:
-        """Read a YAML file's ``mutator:`` block (or the whole file if it has none);
-        relative prompt paths resolve against the current directory."""
-        import yaml
+        """Read a discovery config's ``mutator.llm`` block (or the whole file if it has
+        none); relative prompt paths resolve against the current directory."""
+        from rayopt.config import read_yaml
 
-        with open(path) as f:
-            doc = yaml.safe_load(f) or {}
-        if isinstance(doc, Mapping) and "mutator" in doc:
-            doc = doc["mutator"]
+        doc: Any = read_yaml(path)
+        for key in ("mutator", "llm"):
+            if isinstance(doc, Mapping) and key in doc:
+                doc = doc[key]
         return cls.from_dict(doc)
-
-
-# ---------------------------------------------------------------- strict typed building
-
-
-def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``data``, checking keys and types."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"valid keys: {', '.join(names)}"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(value, inner[0], path)
-        raise ConfigError(f"{path}: unsupported type {tp}")  # pragma: no cover
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
-        return _build(tp, value, path)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
-        key_tp, val_tp = args
-        return {
-            _coerce(k, key_tp, path): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()
-        }
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a field type this builder does not know
-        raise ConfigError(f"{path}: unsupported type {tp}")
-    raise ConfigError(f"{path}: expected {tp.__name__}, got {_describe(value)}")
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40]}"
