@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -55,12 +56,17 @@ def _header(path: Path, key: str) -> str | None:
     return None
 
 
+def fresh(code: str) -> str:
+    """``code`` with a unique comment, so check() cannot answer from its dry-run cache."""
+    return f"{code}# {uuid.uuid4().hex}\n"
+
+
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
     """The process-wide sandbox that check() uses, warmed once for the whole module."""
     sb = default_sandbox()
     sb.start()
-    assert check(SYMBOLIC["gradient_step"], timeout=60).ok  # waits for the warm-up
+    assert check(fresh(SYMBOLIC["gradient_step"]), timeout=60).ok  # waits for the warm-up
     return sb
 
 
@@ -264,7 +270,7 @@ def test_public_names():
 
 # ------------------------------------------------------------------ the sandbox
 def test_timeout_kills_a_hung_tracer_and_respawns(sandbox: Sandbox):
-    assert check(SYMBOLIC["gradient_step"], timeout=30).ok  # worker warm and idle
+    assert check(fresh(SYMBOLIC["gradient_step"]), timeout=30).ok  # worker warm and idle
     before = sandbox.pid
     t0 = time.monotonic()
     result = check(HANG, timeout=3.0)
@@ -273,13 +279,13 @@ def test_timeout_kills_a_hung_tracer_and_respawns(sandbox: Sandbox):
     assert elapsed < 3.0 + 3.0, elapsed
     with pytest.raises(ProcessLookupError):
         os.kill(before, 0)  # really gone, not left spinning
-    after = check(SYMBOLIC["discovered_3"], timeout=30)
+    after = check(fresh(SYMBOLIC["discovered_3"]), timeout=30)
     assert after.ok, after.error
     assert sandbox.pid is not None and sandbox.pid != before
 
 
 def test_worker_crash_is_reported_and_survived(sandbox: Sandbox):
-    assert check(SYMBOLIC["gradient_step"], timeout=30).ok
+    assert check(fresh(SYMBOLIC["gradient_step"]), timeout=30).ok
     victim = sandbox.pid
     timer = threading.Timer(1.0, os.kill, (victim, signal.SIGSEGV))
     timer.start()
@@ -289,14 +295,14 @@ def test_worker_crash_is_reported_and_survived(sandbox: Sandbox):
         timer.cancel()
     assert result.error is not None and result.error.kind == "runtime", result.error
     assert "crashed" in result.error.message and "SIGSEGV" in result.error.message
-    assert check(SYMBOLIC["sign_update"], timeout=30).ok
+    assert check(fresh(SYMBOLIC["sign_update"]), timeout=30).ok
 
 
 def test_worker_killed_while_idle_is_transparent(sandbox: Sandbox):
-    assert check(SYMBOLIC["gradient_step"], timeout=30).ok
+    assert check(fresh(SYMBOLIC["gradient_step"]), timeout=30).ok
     os.kill(sandbox.pid, signal.SIGKILL)
     time.sleep(0.2)
-    assert check(SYMBOLIC["relative_update"], timeout=30).ok
+    assert check(fresh(SYMBOLIC["relative_update"]), timeout=30).ok
 
 
 def test_rss_watchdog_kills_a_runaway_worker():

@@ -19,9 +19,10 @@ import time
 from typing import Any, BinaryIO
 
 
-def _rss_bytes() -> int:
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (Linux ``/proc``; 0 where unavailable)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
@@ -140,7 +141,7 @@ def main(argv: list[str]) -> int:
             "error": error.to_dict() if error is not None else None,
             "fingerprint": fp,
             "seconds": time.perf_counter() - t0,
-            "rss": _rss_bytes(),
+            "rss": rss_bytes(),
         })
     return 0
 

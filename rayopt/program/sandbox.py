@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rayopt.program._worker import rss_bytes
 from rayopt.program.errors import ProgramError
 
 #: Default RSS cap of the worker (bytes): JAX itself uses ~250 MB.
@@ -77,17 +78,6 @@ class _OverMemory(Exception):
     def __init__(self, rss: int) -> None:
         super().__init__(rss)
         self.rss = rss
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _worker_env() -> dict[str, str]:
@@ -224,7 +214,7 @@ class Sandbox:
             elif proc.poll() is not None:
                 raise _WorkerGone
             if watch:
-                rss = _rss(proc.pid)
+                rss = rss_bytes(proc.pid)
                 if rss > self.max_rss_bytes:
                     raise _OverMemory(rss)
         line, self._buf = self._buf.split(b"\n", 1)

@@ -91,12 +91,11 @@ class EvaluatorActor:
         )
 
     def evaluate(self, task: EvalTask) -> dict[str, Any]:
-        from rayopt.rl.evaluation import evaluate
-
         # Symbolic code is validated again by build(): the evaluator trusts no caller.
         # Library and reference optimisers recur (meta-seeds, sweeps): keep them compiled;
         # a candidate is evaluated once per config: free its executable at once.
         from rayopt.optim import SYMBOLIC
+        from rayopt.rl.evaluation import evaluate
 
         keep = task.spec.kind != "symbolic" or SYMBOLIC.get(task.spec.name) == task.spec.code
         r = evaluate(task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=keep)

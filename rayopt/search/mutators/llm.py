@@ -26,6 +26,7 @@ import random
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rayopt.search.mutators.base import CallRecord, MutationRequest, MutationResult, Scored
 from rayopt.search.mutators.config import LLMConfig, PromptPaths
@@ -309,6 +310,22 @@ class LLMMutator:
         """Mark the last (successful at HTTP level) record as not used, with why."""
         calls[-1] = dataclasses.replace(calls[-1], ok=False, error=error)
 
+    async def _ask(
+        self, client: ChatClient, system: str, messages: list[dict[str, str]], attempt: int,
+        calls: list[CallRecord],
+    ) -> tuple[Any, str, bool]:
+        """One role attempt: (usable reply or None, error, fatal). Refusals and transport
+        failures are accounted for and rejected here, alike for both roles."""
+        outcome = await client.chat(system, messages, attempt=attempt)
+        self._account(outcome, calls)
+        if outcome.reply is None:
+            return None, outcome.error or "no reply", outcome.fatal
+        if outcome.reply.refusal:
+            error = f"refusal: {outcome.reply.refusal}"
+            self._reject(calls, error)
+            return None, error, False
+        return outcome.reply, "", False
+
     async def _think(
         self, request: MutationRequest, calls: list[CallRecord]
     ) -> tuple[Idea | None, str]:
@@ -316,17 +333,10 @@ class LLMMutator:
         messages = [{"role": "user", "content": self.thinker_prompt(request)}]
         error = "no attempts"
         for attempt in range(1, self.config.max_thinker_attempts + 1):
-            outcome = await self.thinker.chat(system, messages, attempt=attempt)
-            self._account(outcome, calls)
-            if outcome.reply is None:
-                error = outcome.error or "no reply"
-                if outcome.fatal:
-                    return None, f"thinker: {error}"
-                continue
-            reply = outcome.reply
-            if reply.refusal:
-                error = f"refusal: {reply.refusal}"
-                self._reject(calls, error)
+            reply, error, fatal = await self._ask(self.thinker, system, messages, attempt, calls)
+            if fatal:
+                return None, f"thinker: {error}"
+            if reply is None:
                 continue
             idea, why = parse_thinker(reply.text)
             if idea is None:
@@ -344,17 +354,10 @@ class LLMMutator:
         messages = [{"role": "user", "content": self.prompts.coder(current, idea.suggestion)}]
         error = "no attempts"
         for attempt in range(1, self.config.max_coder_attempts + 1):
-            outcome = await self.coder.chat(system, messages, attempt=attempt)
-            self._account(outcome, calls)
-            if outcome.reply is None:
-                error = outcome.error or "no reply"
-                if outcome.fatal:
-                    return None, f"coder: {error}"
-                continue
-            reply = outcome.reply
-            if reply.refusal:
-                error = f"refusal: {reply.refusal}"
-                self._reject(calls, error)
+            reply, error, fatal = await self._ask(self.coder, system, messages, attempt, calls)
+            if fatal:
+                return None, f"coder: {error}"
+            if reply is None:
                 continue
             code, why = parse_coder(reply.text)
             if code is None:
