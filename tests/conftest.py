@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -14,6 +15,10 @@ E2E_KEY_ENV = "RAYOPT_E2E_LLM_KEY"
 E2E_KEY = "sk-e2e-SECRET-4b1d9e"
 os.environ.setdefault(E2E_KEY_ENV, E2E_KEY)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# One JAX compilation cache for the session, shared with every Ray worker and child
+# driver: tests evaluate the same library optimisers at the same tiny PPO configs in
+# several processes, and each PPO compile costs seconds.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rayopt-jax-cache-"))
 
 
 @pytest.fixture(scope="session")
