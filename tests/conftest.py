@@ -14,3 +14,14 @@ def tiny_cartpole():
 
     return config_for("CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2,
                       update_epochs=2, total_timesteps=4 * 16 * 3)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) for the whole test session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    yield ray
