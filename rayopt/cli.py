@@ -25,17 +25,32 @@ def _csv(text: str) -> list[str]:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="train PPO with named optimisers on named environments and tabulate returns",
+        help="train PPO with named optimisers on named environments: a quick local table, "
+        "or a resumable generalisation sweep on Ray",
         description="Run each optimiser on each environment for S seeds (Table 1 PPO "
-        "config of the environment, with the overrides given) and print final return and "
-        "AUC, mean and IQM over seeds.",
+        "config of the environment, with the overrides given). With only flags, trains "
+        "locally and prints final return and AUC, mean and IQM over seeds. With --config, "
+        "--out, --axis or key=value overrides, runs a sweep on Ray evaluators, journals "
+        "every seed to OUT/journal (stage=sweep; re-running skips what is done) and prints "
+        "IQM with 95%% bootstrap CIs (see docs/analysis.md).",
     )
-    p.add_argument("--optimizers", "--optimisers", type=_csv, default=["adam"],
+    p.add_argument("--config", help="sweep YAML (see configs/sweeps/)")
+    p.add_argument("--out", help="sweep output directory (default runs/NAME)")
+    p.add_argument("--name", help="sweep name (default: the config's, else 'sweep')")
+    p.add_argument("--address", help="Ray cluster address; default: a local Ray instance")
+    p.add_argument("--axis",
+                   choices=["none", "total_timesteps", "hidden_size", "activation", "env"],
+                   help="sweep one PPO setting (values from --values)")
+    p.add_argument("--values", type=_csv, help="axis values, e.g. 16,64,256 or 1e6,1e7")
+    p.add_argument("--optimizers", "--optimisers", type=_csv, default=None,
                    help="comma-separated: adam, sign_update, relative_update, gradient_step, "
-                   "clipped_update, discovered_1..3, open, or paths to .py files")
-    p.add_argument("--envs", default="CartPole-v1",
-                   help="comma-separated env ids or aliases (minatar = the four MinAtar games)")
-    p.add_argument("--seeds", type=int, default=4, help="number of seeds (0..S-1)")
+                   "clipped_update, discovered_1..3, open, paths to .py files, or candidates "
+                   "of a discovery run: run:DIR@top3, run:DIR@ms0/top3, run:DIR@CANDIDATE "
+                   "(default adam)")
+    p.add_argument("--envs", default=None,
+                   help="comma-separated env ids or aliases (minatar = the four MinAtar games; "
+                   "default CartPole-v1)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..S-1; default 4)")
     p.add_argument("--total-timesteps", type=_float_int, default=None)
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--activation", choices=["relu", "tanh"], default=None)
@@ -44,22 +59,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--open-weights", default=None,
                    help="path to an OPEN checkpoint, e.g. multi_OPEN.npy (default: "
                    "$RAYOPT_OPEN_WEIGHTS; see docs/open.md)")
-    p.add_argument("--fast-compile", action="store_true",
+    p.add_argument("--fast-compile", action="store_true", default=None,
                    help="CPU: unoptimised XLA (compiles ~2x faster, runs ~2x slower)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates for sweep CIs")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="sweep config overrides, e.g. seeds=16 values=[16,64,256] "
+                   "ppo.overrides.total_timesteps=1e6")
     p.set_defaults(func=_evaluate)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-    from rliable import metrics as rly
-
-    from rayopt.optim import resolve
-    from rayopt.rl.envs import parse_envs
-    from rayopt.rl.evaluation import evaluate
-    from rayopt.rl.ppo import config_for
-
-    overrides = {
+def _ppo_flags(args: argparse.Namespace) -> dict:
+    return {
         k: v
         for k, v in dict(
             total_timesteps=args.total_timesteps,
@@ -70,8 +81,60 @@ def _evaluate(args: argparse.Namespace) -> int:
         ).items()
         if v is not None
     }
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if args.config or args.out or args.axis or args.overrides or args.name or args.address:
+        return _sweep(args)
+    return _evaluate_local(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rayopt.analysis import stats
+    from rayopt.analysis.sweep import load_sweep, sweep
+    from rayopt.config import ConfigError
+
+    flags = []
+    for key, value in [("name", args.name), ("optimizers", args.optimizers),
+                       ("envs", _csv(args.envs) if args.envs else None), ("seeds", args.seeds),
+                       ("axis", args.axis), ("values", args.values),
+                       ("open_weights", args.open_weights), ("address", args.address),
+                       ("fast_compile", args.fast_compile)]:
+        if value is not None:
+            flags.append(f"{key}={json.dumps(value)}")
+    flags += [f"ppo.overrides.{k}={json.dumps(v)}" for k, v in _ppo_flags(args).items()]
     try:
-        specs = [resolve(o, open_weights=args.open_weights) for o in args.optimizers]
+        cfg = load_sweep(args.config, [*flags, *args.overrides])
+        out = args.out or f"runs/{cfg.name}"
+        stream = sys.stderr if args.json else sys.stdout  # --json: stdout is the JSON
+        summary = sweep(cfg, out, log=lambda m: print(m, file=stream, flush=True))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"rayopt evaluate: error: {err}", file=sys.stderr)
+        return 2
+    table = stats.iqm_table(stats.load_scores(out, sweeps=[cfg.name]), reps=args.reps)
+    if args.json:
+        print(json.dumps(dict(summary=summary, iqm=table.to_dict(orient="records")), indent=2,
+                         default=str))
+    else:
+        print(stats.to_text(stats.iqm_display(table)), end="")
+        print(json.dumps(summary))
+    return 0 if summary.get("failed", 0) == 0 else 1
+
+
+def _evaluate_local(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rayopt.analysis._rliable import metrics as rly
+    from rayopt.optim import resolve
+    from rayopt.rl.envs import parse_envs
+    from rayopt.rl.evaluation import evaluate
+    from rayopt.rl.ppo import config_for
+
+    optimizers = args.optimizers or ["adam"]
+    seeds = args.seeds or 4
+    overrides = _ppo_flags(args)
+    try:
+        specs = [resolve(o, open_weights=args.open_weights) for o in optimizers]
         for spec in specs:
             if spec.kind == "open":  # a bad checkpoint fails now, not after the other runs
                 from rayopt.optim.open import load_open_params
@@ -80,18 +143,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"rayopt evaluate: error: {err}", file=sys.stderr)
         return 2
-    envs = parse_envs(args.envs)
+    envs = parse_envs(args.envs or "CartPole-v1")
     rows = []
     for spec in specs:
         for env in envs:
-            r = evaluate(spec, config_for(env, **overrides), range(args.seeds),
-                         fast_compile=args.fast_compile)
+            r = evaluate(spec, config_for(env, **overrides), range(seeds),
+                         fast_compile=bool(args.fast_compile))
             fr, auc = np.asarray(r.final_return, float), np.asarray(r.auc, float)
             rows.append(
                 dict(
                     optimizer=spec.name,
                     env=env,
-                    seeds=args.seeds,
+                    seeds=seeds,
                     final_mean=float(np.nanmean(fr)),
                     final_iqm=float(rly.aggregate_iqm(fr[:, None])),
                     auc_mean=float(np.nanmean(auc)),
@@ -116,10 +179,11 @@ def _row(r: dict, header: bool) -> str:
     widths = (16, 24, 11, 10, 9, 8, 7, 10, 8)
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     line = "".join(f"{fmt(r[c]):>{w}}" if i > 1 else f"{fmt(r[c]):<{w}}"
-                   for i, (c, w) in enumerate(zip(cols, widths)))
+                   for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
     if not header:
         return line
-    head = "".join(f"{c:>{w}}" if i > 1 else f"{c:<{w}}" for i, (c, w) in enumerate(zip(cols, widths)))
+    head = "".join(f"{c:>{w}}" if i > 1 else f"{c:<{w}}"
+                   for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
     return f"{head}\n{line}"
 
 
@@ -154,7 +218,8 @@ def _discover(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             if args.config or args.overrides or args.meta_seeds:
-                raise ConfigError("--resume takes the run's own config; drop --config and overrides")
+                raise ConfigError(
+                    "--resume takes the run's own config; drop --config and overrides")
             discovery = Discovery.load(args.resume)
         else:
             overrides = list(args.overrides)
@@ -219,6 +284,60 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+# ---------------------------------------------------------------- analyze
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        aliases=["analyse"],
+        help="statistics, plots and an HTML report from discovery runs and sweeps",
+        description="Read the journals of discovery runs and/or sweeps (any number, "
+        "meta-seeds pooled where they meet) and write: IQM with 95%% stratified bootstrap "
+        "CIs per optimiser x env x axis value, probability of improvement for pairs, "
+        "performance profiles, the meta-training curve (Fig. 2), plots like Figs. 2-6 "
+        "(PNG and SVG), CSV and Markdown tables and report.html. See docs/analysis.md.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories")
+    p.add_argument("--out", help="output directory (default: PATH/analysis for one PATH, "
+                   "else ./analysis)")
+    p.add_argument("--pairs", help="P(X > Y) pairs, e.g. discovered_1:adam,discovered_2:adam "
+                   "(default: every optimiser against adam)")
+    p.add_argument("--metric", choices=["final_return", "auc"], default="final_return")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates for IQM CIs")
+    p.add_argument("--poi-reps", type=int, default=0,
+                   help="bootstrap replicates for P(X > Y) CIs (default 0: point estimates "
+                   "only; each replicate costs ~1 ms per env and pair)")
+    p.add_argument("--profile-reps", type=int, default=100,
+                   help="bootstrap replicates for performance-profile bands")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--top", type=int, default=3, help="best candidates shown per meta-seed")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="processes (default 2 if there are 2 CPUs: figures are drawn in a "
+                   "second process while the statistics run; 1: all in this process)")
+    p.add_argument("--quiet", action="store_true", help="no tables on the console")
+    p.set_defaults(func=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from rayopt.analysis.report import AnalysisOptions, analyze
+
+    opts = AnalysisOptions(metric=args.metric, reps=args.reps, poi_reps=args.poi_reps,
+                           profile_reps=args.profile_reps, seed=args.seed, top=args.top,
+                           plots=args.plots, pairs=args.pairs)
+    if args.jobs is not None:
+        opts.jobs = max(1, args.jobs)
+    out = args.out or (f"{args.paths[0].rstrip('/')}/analysis" if len(args.paths) == 1
+                       else "analysis")
+    try:
+        result = analyze(args.paths, out, opts, echo=not args.quiet)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rayopt analyze: error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {result.report}")
+    print("timings (s): " + json.dumps(result.timings))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from rayopt import __version__
@@ -231,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_discover(sub)
     _add_evaluate(sub)
+    _add_analyze(sub)
     _add_check(sub)
     return parser
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -32,7 +31,14 @@ from rayopt.config import DiscoveryConfig, dump, load_discovery
 from rayopt.optim import SYMBOLIC, OptimiserSpec, resolve
 from rayopt.results.journal import JournalWriter, journal_dir, read
 from rayopt.search.archive import Archive, Candidate
-from rayopt.search.evaluator import EvalOutcome, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
+from rayopt.search.evaluator import (
+    EvalOutcome,
+    EvalTask,
+    EvaluatorActor,
+    EvaluatorPool,
+    actor_env,
+    outcome_rows,
+)
 from rayopt.search.island import IslandActor, neighbours, selection_rng
 from rayopt.search.mutators.actor import Checked, MutatorActor, MutatorPool
 from rayopt.search.mutators.base import MutationRequest, MutationResult
@@ -419,21 +425,7 @@ class Discovery:
         return out
 
     def _rows(self, out: EvalOutcome, where: dict, stage: str) -> list[dict]:
-        t = out.task
-        common = dict(where, env=t.config.env, stage=stage, total_timesteps=t.config.total_timesteps,
-                      hidden_size=t.config.hidden_size, activation=t.config.activation,
-                      ppo_config=json.dumps(dataclasses.asdict(t.config)), attempt=out.attempts,
-                      node=out.node, evaluator=out.evaluator)
-        if not out.ok:
-            return [dict(common, row_type="evaluation", seed=seed, status="failed", error_kind=out.error_kind,
-                         error=out.error) for seed in t.seeds]
-        return [
-            dict(common, row_type="evaluation", seed=seed, final_return=float(out.final_return[i]),
-                 auc=float(out.auc[i]), return_curve=np.asarray(out.return_curve[i], np.float32).tolist(),
-                 finite=bool(out.finite[i]), status="ok" if out.finite[i] else "nonfinite",
-                 compile_s=out.compile_s, run_s=out.run_s)
-            for i, seed in enumerate(t.seeds)
-        ]
+        return outcome_rows(out, where, stage)
 
     def _index(self, s: Search, c: Candidate) -> None:
         s.candidates[c.id] = c

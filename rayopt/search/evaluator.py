@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -223,3 +224,30 @@ def _short(err: BaseException, limit: int = 500) -> str:
     text = str(getattr(err, "cause", None) or err).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return (lines[-1] if lines else text)[:limit]
+
+
+def outcome_rows(out: EvalOutcome, where: dict[str, Any], stage: str) -> list[dict[str, Any]]:
+    """Journal rows for one outcome: one evaluation row per seed (``status`` ok or
+    nonfinite with its scores, or failed with the error), ``where`` columns on each.
+
+    Shared by discovery (stages screen and full) and sweeps (stage sweep), so every
+    evaluation in every journal has the same columns with the same meaning.
+    """
+    t = out.task
+    common = dict(where, env=t.config.env, stage=stage, total_timesteps=t.config.total_timesteps,
+                  hidden_size=t.config.hidden_size, activation=t.config.activation,
+                  ppo_config=json.dumps(dataclasses.asdict(t.config)), attempt=out.attempts,
+                  node=out.node, evaluator=out.evaluator)
+    if not out.ok:
+        return [dict(common, row_type="evaluation", seed=seed, status="failed",
+                     error_kind=out.error_kind, error=out.error) for seed in t.seeds]
+    assert out.final_return is not None and out.auc is not None
+    assert out.return_curve is not None and out.finite is not None
+    return [
+        dict(common, row_type="evaluation", seed=seed, final_return=float(out.final_return[i]),
+             auc=float(out.auc[i]),
+             return_curve=np.asarray(out.return_curve[i], np.float32).tolist(),
+             finite=bool(out.finite[i]), status="ok" if out.finite[i] else "nonfinite",
+             compile_s=out.compile_s, run_s=out.run_s)
+        for i, seed in enumerate(t.seeds)
+    ]

@@ -1,0 +1,265 @@
+"""A discovery run's population, read back from its journal: who was evaluated, in what
+order, how each ranks, where the references (Adam, OPEN) would rank, and each
+candidate's lineage.
+
+Definitions (docs/analysis.md):
+
+- **Population** of a meta-seed (one ``run_id``): every candidate with an ``evaluated``
+  event, references (``ref-*``, ``mutator = reference``) excluded. That is the union of
+  the run's island archives at the end (duplicates are not members: they share an
+  earlier member's scores).
+- **Score** of a member on an env: mean over seeds of ``final_return`` of its ``full``
+  evaluation rows (status ok or nonfinite; a seed journalled twice counts once, as the
+  mean of its rows).
+- **Average rank**: :func:`rayopt.search.archive.average_ranks` over the population (1 =
+  best), plus the run's literal penalty when its config says ``literal_policy: penalise``
+  (the ranking the run itself selected by).
+- **Reference rank**: a reference's average rank in the population with it added (alone).
+- **Meta-training curve** (Fig. 2): members in the order of their ``evaluated`` events;
+  point k is the best average rank among the first k members, ranks taken in the *final*
+  population, so the curve is monotone and every point is on the references' scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from rayopt.analysis.scan import Scan, scans
+from rayopt.search.archive import average_ranks
+
+#: candidate columns read from ``created`` events (never ``code``: it is read per request)
+CANDIDATE_COLUMNS = ["run_id", "meta_seed", "candidate_id", "parent_id", "base_id", "optimizer",
+                     "mutator", "idea", "island", "generation", "step", "literal_count",
+                     "new_literals"]
+
+
+@dataclasses.dataclass
+class Member:
+    """One candidate of a run (evaluated or not) and its scores."""
+
+    id: str
+    optimizer: str | None = None
+    mutator: str | None = None
+    parent_id: str | None = None
+    base_id: str | None = None
+    idea: str | None = None
+    island: int | None = None
+    generation: int | None = None
+    step: int | None = None
+    literal_count: int | None = None
+    new_literals: int | None = None
+    outcome: str | None = None  # last terminal event: evaluated, duplicate, invalid, ...
+    evaluated_at: float | None = None
+    scores: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.mutator == "reference" or self.id.startswith("ref-")
+
+    @property
+    def is_initial(self) -> bool:
+        return self.mutator == "library" or self.id.startswith("init-")
+
+
+@dataclasses.dataclass
+class Population:
+    """One meta-seed of one discovery run (see the module docstring for definitions)."""
+
+    scan: Scan
+    run_id: str
+    meta_seed: int | None
+    envs: list[str]
+    members: dict[str, Member]  # every created candidate, by id
+    literal_penalty: float = 0.0
+
+    @functools.cached_property
+    def order(self) -> list[str]:
+        """Population members in evaluation order."""
+        ms = [m for m in self.members.values()
+              if m.outcome == "evaluated" and not m.is_reference and self._complete(m)]
+        ms.sort(key=lambda m: (m.evaluated_at if m.evaluated_at is not None else math.inf))
+        return [m.id for m in ms]
+
+    @property
+    def references(self) -> list[str]:
+        return [m.id for m in self.members.values() if m.is_reference and self._complete(m)]
+
+    def _complete(self, m: Member) -> bool:
+        return all(e in m.scores for e in self.envs)
+
+    def _penalty(self, m: Member) -> float:
+        return self.literal_penalty * float(m.new_literals or 0)
+
+    @functools.cached_property
+    def _ranks(self) -> dict[str, float]:
+        ids = self.order
+        ms = [self.members[i] for i in ids]
+        r = average_ranks([m.scores for m in ms], self.envs, [self._penalty(m) for m in ms])
+        return dict(zip(ids, (float(x) for x in r), strict=True))
+
+    def ranks(self) -> dict[str, float]:
+        """Average rank of every population member (1 = best)."""
+        return dict(self._ranks)
+
+    def env_ranks(self) -> dict[str, dict[str, float]]:
+        """Per-env rank of every member (1 = best): are the best ones consistently good?"""
+        ids = self.order
+        ms = [self.members[i] for i in ids]
+        out: dict[str, dict[str, float]] = {i: {} for i in ids}
+        for env in self.envs:
+            r = average_ranks([m.scores for m in ms], [env])
+            for i, x in zip(ids, r, strict=True):
+                out[i][env] = float(x)
+        return out
+
+    def reference_ranks(self) -> dict[str, float]:
+        """Each reference's average rank in the population with it added alone."""
+        ms = [self.members[i] for i in self.order]
+        out = {}
+        for rid in self.references:
+            ref = self.members[rid]
+            r = average_ranks([*(m.scores for m in ms), ref.scores], self.envs,
+                              [*(self._penalty(m) for m in ms), 0.0])
+            out[rid] = float(r[-1])
+        return out
+
+    def curve(self) -> list[dict[str, Any]]:
+        """The Fig. 2 curve: one point per member in evaluation order."""
+        ranks = self.ranks()
+        best = math.inf
+        best_id = None
+        points = []
+        for k, cid in enumerate(self.order, start=1):
+            if ranks[cid] < best:
+                best, best_id = ranks[cid], cid
+            points.append(dict(run_id=self.run_id, meta_seed=self.meta_seed, k=k, candidate_id=cid,
+                               avg_rank=ranks[cid], best_rank=best, best_id=best_id))
+        return points
+
+    def top(self, k: int, discovered_only: bool = True) -> list[tuple[str, float]]:
+        """The ``k`` best members by average rank (ties: earlier evaluated first);
+        ``discovered_only`` leaves out the initial (library) optimisers."""
+        ranks = self.ranks()
+        ids = [i for i in self.order if not (discovered_only and self.members[i].is_initial)]
+        ids.sort(key=lambda i: ranks[i])  # stable: evaluation order breaks ties
+        return [(i, ranks[i]) for i in ids[:k]]
+
+    def lineage(self, cid: str) -> list[str]:
+        """``cid``, its parent, its parent's parent ... back to an initial optimiser (or
+        as far as the journal knows)."""
+        chain: list[str] = []
+        seen: set[str] = set()
+        cur: str | None = cid
+        while cur is not None and cur not in seen:
+            chain.append(cur)
+            seen.add(cur)
+            m = self.members.get(cur)
+            cur = m.parent_id if m is not None else None
+        return chain
+
+    def code(self, ids: Iterable[str]) -> dict[str, str]:
+        """The ``code`` of candidates ``ids`` (read now, only for them)."""
+        return {c: code for (_, c), code in codes([self], {self.run_id: list(ids)}).items()}
+
+
+def codes(pops: Sequence[Population], ids: dict[str, list[str]]) -> dict[tuple[str, str], str]:
+    """(run_id, candidate_id) -> code for the candidates ``ids[run_id]`` of ``pops``, read
+    from the part files that hold their ``created`` events (the only place code is read)."""
+    out: dict[tuple[str, str], str] = {}
+    for p in pops:
+        keys = {("", p.run_id, c, p.members[c].optimizer or ""): c
+                for c in ids.get(p.run_id, []) if c in p.members}
+        for k, code in p.scan.code(keys).items():
+            out[(p.run_id, keys[k])] = code
+    return out
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` as a mapping ({} if absent), for its envs and penalty."""
+    f = path / "config.yaml"
+    if not f.is_file():
+        return {}
+    try:
+        return yaml.safe_load(f.read_text()) or {}
+    except yaml.YAMLError:
+        return {}
+
+
+def load_populations(paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Scan]
+                     ) -> list[Population]:
+    """Every meta-seed of every discovery run under ``paths`` (a sweep dir yields none)."""
+    return [pop for sc in scans(paths) for pop in _load_one(sc)]
+
+
+def _load_one(sc: Scan) -> list[Population]:
+    events = sc.events()
+    events = events.filter(pc.and_(pc.is_valid(events["candidate_id"]),
+                                   pc.is_null(events["sweep"])))
+    if events.num_rows == 0:
+        return []
+    scores = _scores(sc.evaluations("full"))
+    cfg = _run_config(sc.path)
+    search = cfg.get("search") or {}
+    penalise = search.get("literal_policy") == "penalise"
+    penalty = float(search.get("literal_penalty", 0.0)) if penalise else 0.0
+    pops: dict[str, Population] = {}
+    events = events.sort_by([("time", "ascending")])
+    cols = {name: events[name].to_pylist() for name in ["event", "time", *CANDIDATE_COLUMNS]}
+    for i in range(events.num_rows):
+        run_id = cols["run_id"][i] or ""
+        pop = pops.get(run_id)
+        if pop is None:
+            pop = pops[run_id] = Population(sc, run_id, cols["meta_seed"][i], [], {}, penalty)
+        cid = cols["candidate_id"][i]
+        m = pop.members.get(cid)
+        if m is None:
+            m = pop.members[cid] = Member(cid)
+        ev = cols["event"][i]
+        if ev == "created":
+            for name in CANDIDATE_COLUMNS[3:]:
+                setattr(m, name, cols[name][i])
+        else:
+            m.outcome = ev
+            if ev == "evaluated":
+                m.evaluated_at = cols["time"][i]
+    for (run_id, cid), envs in scores.items():
+        pop = pops.get(run_id)
+        if pop is not None and cid in pop.members:
+            pop.members[cid].scores = envs
+    config_envs = list(cfg.get("envs") or [])
+    for pop in pops.values():
+        if config_envs:
+            pop.envs = config_envs
+        else:  # no config: the envs every evaluated member has
+            seen = [set(m.scores) for m in pop.members.values() if m.outcome == "evaluated"]
+            pop.envs = sorted(set.intersection(*seen)) if seen else []
+    return sorted(pops.values(), key=lambda p: (p.meta_seed is None, p.meta_seed, p.run_id))
+
+
+def _scores(t: pa.Table) -> dict[tuple[str, str], dict[str, float]]:
+    """(run_id, candidate_id) -> env -> mean over seeds of the full-stage final return."""
+    if t.num_rows == 0:
+        return {}
+    per_seed = t.group_by(["run_id", "candidate_id", "env", "seed"], use_threads=True).aggregate(
+        [("final_return", "mean")])
+    per_env = per_seed.group_by(["run_id", "candidate_id", "env"], use_threads=True).aggregate(
+        [("final_return_mean", "mean")])
+    runs = per_env["run_id"].to_pylist()
+    cids = per_env["candidate_id"].to_pylist()
+    envs = per_env["env"].to_pylist()
+    vals = per_env["final_return_mean_mean"].to_numpy(zero_copy_only=False)
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for r, c, e, v in zip(runs, cids, envs, vals, strict=True):
+        out.setdefault((r, c), {})[e] = float(v) if np.isfinite(v) else math.nan
+    return out

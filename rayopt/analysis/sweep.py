@@ -1,0 +1,487 @@
+"""Generalisation sweeps (paper §7-8): optimisers x environments x one swept PPO setting
+x seeds, trained on Ray evaluators and journalled like discovery (stage ``sweep``).
+
+A sweep is resumable: an (optimizer, env, axis value, seed) that already has an ``ok``
+or ``nonfinite`` row for this sweep in the output directory is not trained again (failed
+ones are retried). Rows carry ``sweep``, ``axis``, ``axis_value`` and the axis columns
+(``total_timesteps``, ``hidden_size``, ``activation``, ``env``), so analysis needs
+nothing but the journal. See docs/analysis.md.
+
+Optimisers are named as ``rayopt evaluate`` always named them (``adam``, ``open``,
+``discovered_1``, a ``.py`` file), or taken from a discovery run:
+
+- ``run:DIR@top3``: the 3 best discovered candidates of the run by average rank, all
+  meta-seeds pooled (candidates of every meta-seed ranked together: same envs, same
+  budget, so their scores are comparable);
+- ``run:DIR@ms1/top3``: the 3 best of meta-seed 1 (ranked in that meta-seed's population);
+- ``run:DIR@CANDIDATE`` or ``run:DIR@ms1/CANDIDATE``: one candidate (``ref-adam`` too).
+
+A run candidate is named ``<run_id>/<candidate_id>`` (e.g. ``quickstart-ms0/i1-g3-s1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.compute as pc
+import yaml
+
+from rayopt.config import ConfigError, EvaluatorSection, apply_overrides, from_dict, to_dict
+from rayopt.optim import OptimiserSpec, resolve
+from rayopt.rl.envs import REGISTRY, parse_envs
+from rayopt.rl.ppo import PPOConfig, config_for
+
+AXES = ("none", "total_timesteps", "hidden_size", "activation", "env")
+#: the in-distribution value of each PPO axis when neither the config nor Table 1 says
+IN_DISTRIBUTION = {"total_timesteps": 10_000_000, "hidden_size": 64, "activation": "relu"}
+
+
+# ------------------------------------------------------------------ config
+@dataclasses.dataclass
+class SweepPPO:
+    """PPO settings on top of each env's Table 1 column: ``overrides`` for every env,
+    ``per_env`` for one. The swept axis is applied last."""
+
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    per_env: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """One sweep: ``optimizers`` x ``envs`` x ``values`` of ``axis`` x ``seeds``.
+
+    ``axis``: ``total_timesteps`` | ``hidden_size`` | ``activation`` (``values`` lists
+    the settings), ``env`` (the envs are the axis; no ``values``) or ``none`` (one point).
+    ``in_distribution``: where plots draw the dashed line (default: Table 1's value).
+    """
+
+    name: str = "sweep"
+    optimizers: list[str] = dataclasses.field(default_factory=lambda: ["adam"])
+    envs: list[str] = dataclasses.field(default_factory=lambda: ["CartPole-v1"])
+    seeds: int = 4
+    axis: Literal["none", "total_timesteps", "hidden_size", "activation", "env"] = "none"
+    values: list[Any] = dataclasses.field(default_factory=list)
+    in_distribution: Any = None
+    ppo: SweepPPO = dataclasses.field(default_factory=SweepPPO)
+    fast_compile: bool = False  # CPU: unoptimised XLA; only for tiny budgets
+    open_weights: str | None = None
+    address: str | None = None  # Ray address; None starts a local instance
+    skip_missing_envs: bool = True  # drop Craftax (with a note) when its extra is absent
+    seeds_per_task: int = 0  # 0: all seeds of a point in one evaluation
+    max_eval_attempts: int = 3
+    evaluator: EvaluatorSection = dataclasses.field(default_factory=EvaluatorSection)
+
+    def validate(self) -> SweepConfig:
+        """Names exist, values fit the axis, every PPO config builds."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ConfigError(f"name: {self.name!r} must be letters, digits, '_', '.', '-'")
+        if not self.optimizers:
+            raise ConfigError("optimizers must not be empty")
+        if self.seeds < 1:
+            raise ConfigError("seeds must be >= 1")
+        if self.seeds_per_task < 0 or self.max_eval_attempts < 1:
+            raise ConfigError("seeds_per_task must be >= 0 and max_eval_attempts >= 1")
+        try:
+            envs = list(parse_envs(self.envs))
+        except ValueError as err:
+            raise ConfigError(f"envs: {err}") from None
+        self.envs = [e for e in envs if self._available(e)]
+        if not self.envs:
+            raise ConfigError("envs: none of the environments is available")
+        self.values = normalise_values(self.axis, self.values)
+        if self.in_distribution is not None and self.axis in IN_DISTRIBUTION:
+            self.in_distribution = normalise_values(self.axis, [self.in_distribution])[0]
+        fields = {f.name for f in dataclasses.fields(PPOConfig)} - {"env"}
+        for where, d in [("ppo.overrides", self.ppo.overrides),
+                         *((f"ppo.per_env.{k}", v) for k, v in self.ppo.per_env.items())]:
+            unknown = set(d) - fields
+            if unknown:
+                raise ConfigError(f"{where}: unknown PPO setting(s) {sorted(unknown)}")
+            if self.axis in d:
+                raise ConfigError(f"{where}: {self.axis} is the swept axis; set it in values")
+        for value, env in self.points():
+            try:
+                self.ppo_config(env, value)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"PPO config for {env} at {self.axis}={value}: {err}") from None
+        return self
+
+    def _available(self, env: str) -> bool:
+        if REGISTRY[env].preset != "craftax" or importlib.util.find_spec("craftax") is not None:
+            return True
+        if not self.skip_missing_envs:
+            raise ConfigError(f"envs: {env} needs an optional extra: pip install 'rayopt[craftax]'")
+        print(f"note: skipping {env} (not installed: pip install 'rayopt[craftax]')", flush=True)
+        return False
+
+    def points(self) -> list[tuple[str | None, str]]:
+        """(axis value as journalled, env) for every point of the sweep."""
+        if self.axis == "none":
+            return [(None, env) for env in self.envs]
+        if self.axis == "env":
+            return [(env, env) for env in self.envs]
+        return [(str(v), env) for v in self.values for env in self.envs]
+
+    def ppo_config(self, env: str, value: str | None) -> PPOConfig:
+        """Table 1 for ``env``, then ``ppo.overrides``, ``ppo.per_env``, the axis value."""
+        overrides = {**self.ppo.overrides, **self.ppo.per_env.get(env, {})}
+        if self.axis in IN_DISTRIBUTION and value is not None:
+            overrides[self.axis] = value if self.axis == "activation" else int(value)
+        return config_for(env, **overrides)
+
+    def in_distribution_for(self, env: str) -> Any:
+        """The in-distribution value of the axis for ``env`` (for the dashed line)."""
+        return in_distribution(self.axis, env, self.in_distribution)
+
+
+def in_distribution(axis: str | None, env: str, configured: Any = None) -> Any:
+    """``configured`` if set, else Table 1's value for ``env`` (64, relu, 1e7 MinAtar)."""
+    if configured is not None or axis not in IN_DISTRIBUTION:
+        return configured
+    try:
+        return getattr(config_for(env), axis)
+    except (KeyError, ValueError):  # not a registered env (synthetic data)
+        return IN_DISTRIBUTION[axis]
+
+
+def normalise_values(axis: str, values: Sequence[Any]) -> list[Any]:
+    """Axis values as the types PPOConfig wants (``1e6`` -> 1000000), checked."""
+    if axis in ("none", "env"):
+        if values:
+            raise ConfigError(f"values: axis {axis!r} takes no values (envs are the axis)")
+        return []
+    if not values:
+        raise ConfigError(f"values: axis {axis!r} needs a list of values")
+    out: list[Any] = []
+    for v in values:
+        if axis == "activation":
+            if v not in ("relu", "tanh"):
+                raise ConfigError(f"values: activation must be relu or tanh, not {v!r}")
+            out.append(v)
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"values: {axis} needs numbers, got {v!r}") from None
+        if f != int(f) or f <= 0:
+            raise ConfigError(f"values: {axis} needs positive whole numbers, got {v!r}")
+        out.append(int(f))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"values: repeated value in {out}")
+    return out
+
+
+def load_sweep(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Defaults, then the YAML at ``path``, then ``key=value`` overrides; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    return from_dict(SweepConfig, apply_overrides(data, list(overrides))).validate()
+
+
+# ------------------------------------------------------------------ optimisers
+@dataclasses.dataclass(frozen=True)
+class SweepOptimizer:
+    """An optimiser of a sweep: its journal name, its spec, and where it came from."""
+
+    name: str
+    spec: OptimiserSpec
+    source: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
+
+
+_RUN = re.compile(r"^run:(?P<dir>.+)@(?:ms(?P<ms>-?\d+)/)?(?P<sel>[^/@]+)$")
+
+
+def resolve_optimizers(names: Sequence[str], open_weights: str | None = None
+                       ) -> list[SweepOptimizer]:
+    """Library names, ``.py`` files and ``run:DIR@...`` selections -> optimisers."""
+    out: list[SweepOptimizer] = []
+    for name in names:
+        if name.startswith("run:"):
+            out.extend(_from_run(name, open_weights))
+            continue
+        spec = resolve(name, open_weights=open_weights)
+        kind = "file" if name.endswith(".py") else "library"
+        out.append(SweepOptimizer(spec.name, spec, {"source": kind, "ref": name}))
+    for o in out:
+        if o.spec.kind == "open":  # a bad checkpoint fails now, not hours into the sweep
+            from rayopt.optim.open import load_open_params
+
+            load_open_params(o.spec.weights or "")
+    seen: set[str] = set()
+    for o in out:
+        if o.name in seen:
+            raise ValueError(f"optimiser {o.name!r} is named twice")
+        seen.add(o.name)
+    return out
+
+
+def _from_run(ref: str, open_weights: str | None) -> list[SweepOptimizer]:
+    from rayopt.analysis.population import load_populations
+
+    m = _RUN.match(ref)
+    if not m:
+        raise ValueError(f"{ref!r}: expected run:DIR@topK, run:DIR@msN/topK, "
+                         "run:DIR@CANDIDATE or run:DIR@msN/CANDIDATE")
+    run_dir, sel = m["dir"], m["sel"]
+    pops = load_populations(run_dir)
+    if m["ms"] is not None:
+        pops = [p for p in pops if p.meta_seed == int(m["ms"])]
+    if not pops:
+        raise ValueError(f"{ref!r}: no discovery population in {run_dir}"
+                         + (f" for meta-seed {m['ms']}" if m["ms"] is not None else ""))
+    top = re.fullmatch(r"top(\d+)", sel)
+    if top:
+        k = int(top[1])
+        if len(pops) == 1:
+            chosen = [(pops[0], cid, rank) for cid, rank in pops[0].top(k)]
+        else:
+            chosen = _pooled_top(pops, k)
+        if len(chosen) < k:
+            print(f"note: {ref} has only {len(chosen)} discovered candidates", flush=True)
+    else:
+        chosen = [(p, sel, p.ranks().get(sel, math.nan)) for p in pops if sel in p.members]
+        if not chosen:
+            raise ValueError(f"{ref!r}: no candidate {sel!r} in {run_dir}")
+        if len(chosen) > 1:
+            raise ValueError(f"{ref!r}: {sel!r} exists in several meta-seeds; "
+                             f"say which: run:{run_dir}@ms<N>/{sel}")
+    out = []
+    for pop, cid, rank in chosen:
+        member = pop.members[cid]
+        name = f"{pop.run_id}/{cid}"
+        if member.is_reference:
+            spec = dataclasses.replace(resolve(member.optimizer or cid.removeprefix("ref-"),
+                                               open_weights=open_weights), name=name)
+        else:
+            code = pop.code([cid]).get(cid)
+            if not code:
+                raise ValueError(f"{ref!r}: {cid} has no code in the journal")
+            spec = OptimiserSpec(name=name, kind="symbolic", code=code)
+        source = dict(source="run", ref=ref, run_dir=str(run_dir), run_id=pop.run_id,
+                      meta_seed=pop.meta_seed, candidate_id=cid, avg_rank=rank,
+                      parent_id=member.parent_id, mutator=member.mutator, idea=member.idea)
+        out.append(SweepOptimizer(name, spec, source))
+    return out
+
+
+def _pooled_top(pops: Sequence[Any], k: int) -> list[tuple[Any, str, float]]:
+    """The ``k`` best discovered candidates over every meta-seed's population pooled:
+    one ranking of the union (each meta-seed's envs must agree)."""
+    from rayopt.search.archive import average_ranks
+
+    envs = pops[0].envs
+    if any(p.envs != envs for p in pops):
+        raise ValueError("meta-seeds were evaluated on different envs; pick one with @msN/topK")
+    members = [(p, cid) for p in pops for cid in p.order]
+    ranks = average_ranks([p.members[c].scores for p, c in members], envs,
+                          [p._penalty(p.members[c]) for p, c in members])
+    order = sorted(range(len(members)), key=lambda i: ranks[i])
+    chosen = [(members[i][0], members[i][1], float(ranks[i])) for i in order
+              if not members[i][0].members[members[i][1]].is_initial]
+    return chosen[:k]
+
+
+# ------------------------------------------------------------------ the plan
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """One evaluation of the sweep: an optimiser on a point, for some seeds."""
+
+    optimizer: SweepOptimizer
+    env: str
+    axis_value: str | None
+    config: PPOConfig
+    seeds: tuple[int, ...]
+
+
+def _existing(out_dir: Path, sweep: str) -> dict[tuple[str, str, str | None, int], str]:
+    """(optimizer, env, axis value, seed) -> ppo_config of rows already journalled ok."""
+    from rayopt.results.journal import journal_dir, read
+
+    if not journal_dir(out_dir).is_dir() or not any(journal_dir(out_dir).glob("*.parquet")):
+        return {}
+    t = read(out_dir, columns=["optimizer", "env", "axis_value", "seed", "ppo_config"],
+             filter=(pc.field("row_type") == "evaluation") & (pc.field("stage") == "sweep")
+             & (pc.field("sweep") == sweep) & pc.field("status").isin(["ok", "nonfinite"]))
+    cols = [t[c].to_pylist() for c in ("optimizer", "env", "axis_value", "seed", "ppo_config")]
+    return {(o, e, v, s): p for o, e, v, s, p in zip(*cols, strict=True)}
+
+
+def plan(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: str | os.PathLike
+         ) -> tuple[list[Work], int]:
+    """What is left to evaluate, and how many (optimizer, point, seed) are already done.
+
+    Raises ConfigError if a done combination was run with a different PPO config: the
+    output directory belongs to another sweep of that name.
+    """
+    done = _existing(Path(out_dir), cfg.name)
+    todo: list[Work] = []
+    skipped = 0
+    per_task = cfg.seeds_per_task or cfg.seeds
+    # points outermost: an interrupted sweep has every optimiser at the points it reached
+    for value, env in cfg.points():
+        ppo = cfg.ppo_config(env, value)
+        ppo_json = json.dumps(dataclasses.asdict(ppo))
+        for opt in optimizers:
+            missing = []
+            for seed in range(cfg.seeds):
+                prior = done.get((opt.name, env, value, seed))
+                if prior is None:
+                    missing.append(seed)
+                    continue
+                if prior != ppo_json:
+                    raise ConfigError(
+                        f"{out_dir} already holds sweep {cfg.name!r} results for {opt.name} on "
+                        f"{env} ({cfg.axis}={value}, seed {seed}) with a different PPO config; "
+                        "use another --out or another sweep name")
+                skipped += 1
+            for i in range(0, len(missing), per_task):
+                todo.append(Work(opt, env, value, ppo, tuple(missing[i:i + per_task])))
+    return todo, skipped
+
+
+# ------------------------------------------------------------------ running
+SWEEP_FILE = "sweep-{name}.yaml"
+
+
+def write_manifest(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: Path) -> Path:
+    """``sweep-NAME.yaml``: the config and where each optimiser came from (for plots'
+    in-distribution lines and the report's lineage)."""
+    data = {
+        "config": to_dict(cfg),
+        "optimizers": [dict(name=o.name, spec=o.spec.kind,
+                            **{k: v for k, v in o.source.items() if v is not None})
+                       for o in optimizers],
+        "in_distribution": {env: cfg.in_distribution_for(env) for env in cfg.envs},
+    }
+    path = out_dir / SWEEP_FILE.format(name=cfg.name)
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+    return path
+
+
+def read_manifests(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every ``sweep-*.yaml`` of a sweep directory, by sweep name."""
+    out = {}
+    for f in sorted(Path(path).glob("sweep-*.yaml")):
+        try:
+            data = yaml.safe_load(f.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        name = (data.get("config") or {}).get("name")
+        if name:
+            out[name] = data
+    return out
+
+
+def _created_rows(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: Path
+                  ) -> list[dict[str, Any]]:
+    """A ``created`` event per optimiser not yet in this sweep's journal: its code and
+    provenance travel with the results."""
+    from rayopt.results.journal import journal_dir, read
+
+    known: set[str] = set()
+    if journal_dir(out_dir).is_dir() and any(journal_dir(out_dir).glob("*.parquet")):
+        t = read(out_dir, columns=["optimizer"],
+                 filter=(pc.field("event") == "created") & (pc.field("sweep") == cfg.name))
+        known = set(t["optimizer"].to_pylist())
+    rows = []
+    for o in optimizers:
+        if o.name in known:
+            continue
+        s = o.source
+        rows.append(dict(row_type="event", event="created", run_id=cfg.name, sweep=cfg.name,
+                         axis=cfg.axis, optimizer=o.name, code=o.spec.code,
+                         candidate_id=s.get("candidate_id"), parent_id=s.get("parent_id"),
+                         idea=s.get("idea"), mutator=s.get("mutator") or s.get("source"),
+                         ref_candidate_id=s.get("run_id")))
+    return rows
+
+
+async def run_sweep(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: Path,
+                    todo: Sequence[Work], pool: Any, log: Callable[[str], None] = print
+                    ) -> dict[str, Any]:
+    """Evaluate ``todo`` on ``pool`` (an EvaluatorPool), journalling each as it lands."""
+    from rayopt.analysis._rliable import metrics
+    from rayopt.results.journal import JournalWriter
+    from rayopt.search.evaluator import EvalTask, outcome_rows
+
+    journal = JournalWriter(out_dir)
+    journal.write(_created_rows(cfg, optimizers, out_dir))
+    t0 = time.monotonic()
+    done = failed = 0
+    axis = None if cfg.axis == "none" else cfg.axis
+
+    async def one(w: Work) -> None:
+        nonlocal done, failed
+        key = f"{cfg.name}/{w.optimizer.name}/{w.env}/{w.axis_value}/{w.seeds[0]}"
+        out = await pool.run(EvalTask(key, w.optimizer.spec, w.config, w.seeds, cfg.fast_compile))
+        where = dict(run_id=cfg.name, sweep=cfg.name, axis=axis, axis_value=w.axis_value,
+                     optimizer=w.optimizer.name,
+                     candidate_id=w.optimizer.source.get("candidate_id"))
+        journal.write(outcome_rows(out, where, stage="sweep"))
+        done += 1
+        point = f"{w.optimizer.name} {w.env}"
+        if axis and axis != "env":
+            point += f" {axis}={w.axis_value}"
+        head = f"[{time.monotonic() - t0:6.0f}s] {done}/{len(todo)} {point}"
+        if out.ok:
+            fr = np.asarray(out.final_return, float)
+            fr = fr[np.isfinite(fr)]
+            iqm = float(metrics.aggregate_iqm(fr[:, None])) if fr.size else math.nan
+            log(f"{head}: final return IQM {iqm:.2f} over {len(w.seeds)} seeds "
+                f"(compile {out.compile_s:.0f}s, run {out.run_s:.0f}s)")
+        else:
+            failed += 1
+            log(f"{head}: FAILED ({out.error_kind}) {out.error}")
+
+    await asyncio.gather(*(one(w) for w in todo))
+    return dict(evaluated=done - failed, failed=failed, rows=journal.rows_written,
+                wall_s=round(time.monotonic() - t0, 1))
+
+
+def sweep(cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], None] = print
+          ) -> dict[str, Any]:
+    """Plan, then (if anything is left) start Ray evaluators and run the sweep."""
+    import ray
+
+    from rayopt.search.driver import init_ray, start_evaluators
+    from rayopt.search.evaluator import EvaluatorPool
+
+    out = Path(out_dir)
+    optimizers = resolve_optimizers(cfg.optimizers, cfg.open_weights)
+    todo, skipped = plan(cfg, optimizers, out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(cfg, optimizers, out)
+    seeds_left = sum(len(w.seeds) for w in todo)
+    log(f"sweep {cfg.name}: {len(optimizers)} optimisers x {len(cfg.points())} points x "
+        f"{cfg.seeds} seeds; {skipped} already journalled in {out}, {seeds_left} to run "
+        f"in {len(todo)} evaluations")
+    summary = dict(out=str(out), sweep=cfg.name, skipped=skipped, evaluated=0, failed=0, rows=0)
+    if not todo:
+        return summary
+    init_ray(cfg.address)
+    actors = start_evaluators(cfg)  # reads only cfg.evaluator
+    try:
+        pool = EvaluatorPool(actors, max_attempts=cfg.max_eval_attempts)
+        summary.update(asyncio.run(run_sweep(cfg, optimizers, out, todo, pool, log)))
+    finally:
+        for a in actors:  # hand the CPUs/GPUs back (a later sweep in this process needs them)
+            ray.kill(a)
+    return summary
