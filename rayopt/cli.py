@@ -338,6 +338,26 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- compact
+def _add_compact(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compact",
+        help="merge a run's journal part files into one (safe while it runs)",
+        description="Merge the Parquet part files of each run's journal into one file; readers "
+        "never see a row twice meanwhile. Discovery and sweeps do this when they end.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=_compact)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from rayopt.results.journal import compact
+
+    for run in args.runs:
+        print(f"{run}: merged {compact(run)} files")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from rayopt import __version__
@@ -352,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_analyze(sub)
     _add_check(sub)
+    _add_compact(sub)
     return parser
 
 

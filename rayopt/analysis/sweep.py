@@ -461,6 +461,7 @@ def sweep(cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], Non
     """Plan, then (if anything is left) start Ray evaluators and run the sweep."""
     import ray
 
+    from rayopt.results.journal import compact
     from rayopt.search.driver import init_ray, start_evaluators
     from rayopt.search.evaluator import EvaluatorPool
 
@@ -481,6 +482,7 @@ def sweep(cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], Non
     try:
         pool = EvaluatorPool(actors, max_attempts=cfg.max_eval_attempts)
         summary.update(asyncio.run(run_sweep(cfg, optimizers, out, todo, pool, log)))
+        compact(out)  # one file instead of one per evaluation: fast to analyse
     finally:
         for a in actors:  # hand the CPUs/GPUs back (a later sweep in this process needs them)
             ray.kill(a)

@@ -4,6 +4,14 @@ A writer turns each batch of rows into one Parquet file written under a hidden n
 (``.tmp-*``, which pyarrow's dataset discovery ignores) and renamed into place, so a
 reader or a crash never sees half a file. Readers use ``pyarrow.dataset`` with column
 pruning and filters; pandas, polars and duckdb read the same directory.
+
+Many small part files make reading slow (each costs a footer and column chunks), so
+:func:`compact` merges them: it writes ``compact-<LAST>.parquet`` holding every row of
+the part files up to ``part-<LAST>`` and then deletes those parts. :func:`journal_files`
+ignores parts (and older compactions) a compaction covers, so a reader never sees a row
+twice, even between the compaction's rename and its deletions; a writer may keep adding
+parts meanwhile (their names sort later). Other tools reading the raw directory should
+read it when no compaction is under way (the driver compacts when a run ends).
 """
 
 from __future__ import annotations
@@ -65,23 +73,62 @@ class JournalWriter:
         return self.dir / name
 
 
+def journal_files(directory: str | os.PathLike) -> list[Path]:
+    """The files holding a journal directory's rows, each row in exactly one of them:
+    the newest compaction and the parts written after the last part it covers."""
+    directory = Path(directory)
+    if directory.is_file():
+        return [directory]
+    files = [f for f in directory.rglob("*.parquet") if not f.name.startswith((".", "_"))]
+    compactions = sorted(f for f in files if f.name.startswith("compact-"))
+    if not compactions:
+        return sorted(files)
+    newest = compactions[-1]
+    covered = "part-" + newest.name[len("compact-"):]  # the last part file it holds
+    rest = [f for f in files if f.name.startswith("part-") and f.name > covered]
+    others = [f for f in files if not f.name.startswith(("part-", "compact-"))]
+    return [newest, *sorted(rest), *sorted(others)]
+
+
 def dataset(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> ds.Dataset:
     """A pyarrow dataset over one or many run directories (or journal directories)."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    dirs = []
+    files = []
     for p in paths:
         p = Path(p)
         if (p / JOURNAL_DIR).is_dir():
             p = p / JOURNAL_DIR
         if not p.exists():
             raise FileNotFoundError(f"no journal at {p}")
-        dirs.append(str(p))
-    files = sorted(
-        str(f) for d in dirs for f in (Path(d).rglob("*.parquet") if Path(d).is_dir() else [Path(d)])
-        if not f.name.startswith((".", "_"))
-    )
+        files += [str(f) for f in journal_files(p)]
     return ds.dataset(files, schema=SCHEMA, format="parquet")
+
+
+def compact(run_dir: str | os.PathLike, min_files: int = 2) -> int:
+    """Merge a journal's files into one (see the module docstring); returns how many
+    files it removed (0 when fewer than ``min_files`` files hold the rows)."""
+    directory = journal_dir(run_dir) if (Path(run_dir) / JOURNAL_DIR).is_dir() else Path(run_dir)
+    files = journal_files(directory)
+    parts = [f for f in files if f.name.startswith("part-")]
+    if len(files) < min_files or not parts:
+        return 0
+    last = max(parts, key=lambda f: f.name)
+    table = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table()
+    name = "compact-" + last.name[len("part-"):]
+    tmp = directory / f".tmp-{name}"
+    pq.write_table(table, tmp, compression="zstd", row_group_size=100_000)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / name)
+    covered = "part-" + name[len("compact-"):]
+    stale = [  # invisible to readers now; also parts an interrupted compaction left behind
+        f for f in directory.glob("*.parquet")
+        if f.name != name and (f.name.startswith("compact-") or (f.name.startswith("part-") and f.name <= covered))
+    ]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return len(stale)
 
 
 def read(

@@ -29,7 +29,7 @@ import ray
 
 from rayopt.config import DiscoveryConfig, dump, load_discovery
 from rayopt.optim import SYMBOLIC, OptimiserSpec, resolve
-from rayopt.results.journal import JournalWriter, journal_dir, read
+from rayopt.results.journal import JournalWriter, compact, journal_dir, read
 from rayopt.search.archive import Archive, Candidate
 from rayopt.search.evaluator import (
     EvalOutcome,
@@ -166,6 +166,7 @@ class Discovery:
             await asyncio.gather(*(self._search(s) for s in self.searches))
             summary = await self.summary()
             self._print_progress(final=True)
+            compact(self.run_dir)  # one file instead of thousands: fast to read and resume
             return summary
         finally:
             if progress is not None:
