@@ -96,5 +96,5 @@ def test_llm_discovery_journals_ideas_retries_and_failures(evaluator_pool, tmp_p
     # temperatures from Table 2 reached the wire; the key only in the auth header
     assert {r.json.get("temperature") for r in requests} == {0.7, 0.3}
     assert all(r.headers["authorization"] == f"Bearer {E2E_KEY}" for r in requests)
-    text = df.select_dtypes("object").astype(str).to_string()
+    text = df.astype(str).to_string()
     assert E2E_KEY not in text
