@@ -201,7 +201,10 @@ def _add_discover(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="where to write the run (default: OUT_DIR/NAME)")
     p.add_argument("--meta-seeds", type=lambda t: [int(x) for x in _csv(t)],
                    help="independent searches side by side, e.g. 0,1,2")
-    p.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: local")
+    p.add_argument("--address", help="Ray cluster to attach to: auto (this machine's "
+                   "cluster), host:6379, ray://host:10001; default: the config's, else "
+                   "RAY_ADDRESS or a local instance. Allowed with --resume (a resumed run "
+                   "may be on a new cluster)")
     p.add_argument("--open-weights",
                    help="OPEN checkpoint (multi_OPEN.npy): needed when search.references has open")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -234,7 +237,7 @@ def _discover(args: argparse.Namespace) -> int:
     except (ConfigError, FileExistsError, FileNotFoundError) as err:
         print(f"rayopt discover: {err}", file=sys.stderr)
         return 2
-    init_ray(discovery.config.address)
+    init_ray(args.address or discovery.config.address)
     print(f"run directory: {discovery.run_dir}", flush=True)
     summary = asyncio.run(discovery.run())
     print(json.dumps(summary, indent=2, default=str))

@@ -95,12 +95,21 @@ class MutatorSection:
 
 @dataclasses.dataclass
 class EvaluatorSection:
-    """Evaluator actors. ``count`` 0 means one per GPU, or one on a CPU-only cluster.
-    ``num_gpus`` may be fractional (JAX's memory fraction is set to match)."""
+    """Evaluator actors. ``count`` 0 means one per GPU (or per ``resources`` slot), or one
+    per node on a CPU-only cluster. ``num_gpus`` may be fractional (JAX's memory fraction
+    is set to match). Placement on a cluster: docs/cluster.md."""
 
     count: int = 0
     num_gpus: float = 0.0
     num_cpus: float = 0.0  # 0: all CPUs of the node when there is no GPU, else 1
+    # Custom Ray resources each evaluator needs, e.g. {evaluator: 1}: only nodes started
+    # with them (ray start --resources) run evaluators; count 0 sizes to the cluster's total.
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    # None: each evaluator is scheduled on its own (Ray's SPREAD strategy): elastic, starts
+    # on what the cluster has. Or one placement group, a bundle per evaluator, reserved
+    # all at once with this strategy (STRICT_SPREAD: at most one evaluator per node).
+    placement_group: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = None
+    placement_timeout_s: float = 600.0  # give up if the placement group is not placed by then
     run_ahead: float = 1.0  # lineages beyond what keeps every slot busy (lineages_per_island=0)
     fast_compile: bool = True  # CPU only: unoptimised XLA, for tiny budgets (screening always)
 
@@ -184,6 +193,12 @@ class DiscoveryConfig:
             (self.evaluator.count >= 0, "evaluator.count must be >= 0"),
             (self.evaluator.num_gpus >= 0, "evaluator.num_gpus must be >= 0"),
             (self.evaluator.run_ahead >= 0, "evaluator.run_ahead must be >= 0"),
+            (self.evaluator.num_cpus >= 0, "evaluator.num_cpus must be >= 0"),
+            (all(v > 0 for v in self.evaluator.resources.values()),
+             "evaluator.resources: amounts must be > 0"),
+            (not {"CPU", "GPU"} & set(self.evaluator.resources),
+             "evaluator.resources: use evaluator.num_cpus / num_gpus for CPU and GPU"),
+            (self.evaluator.placement_timeout_s > 0, "evaluator.placement_timeout_s must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

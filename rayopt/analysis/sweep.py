@@ -459,7 +459,6 @@ async def run_sweep(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_
 def sweep(cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], None] = print
           ) -> dict[str, Any]:
     """Plan, then (if anything is left) start Ray evaluators and run the sweep."""
-    import ray
 
     from rayopt.results.journal import compact
     from rayopt.search.driver import init_ray, start_evaluators
@@ -484,6 +483,5 @@ def sweep(cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], Non
         summary.update(asyncio.run(run_sweep(cfg, optimizers, out, todo, pool, log)))
         compact(out)  # one file instead of one per evaluation: fast to analyse
     finally:
-        for a in actors:  # hand the CPUs/GPUs back (a later sweep in this process needs them)
-            ray.kill(a)
+        actors.stop()  # hand the CPUs/GPUs (and any placement group) back
     return summary
