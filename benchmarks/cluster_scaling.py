@@ -56,38 +56,63 @@ def config(slots: int, islands: int, run_ahead: float) -> DiscoveryConfig:
     """The paper's shape (4 envs x 8 seeds, 8 refinements), with enough lineages in flight
     to keep ``slots`` evaluators busy plus ``run_ahead`` (the driver's own rule)."""
     lineages = max(1, math.ceil(slots * (1 + run_ahead) / len(ENVS) / islands))
-    return from_dict(DiscoveryConfig, {
-        "name": "cluster-scaling", "envs": ENVS, "seeds": 8, "progress_s": 3600.0,
-        "ppo": {"overrides": {"total_timesteps": 64 * 128 * 4}, "per_env": {}},
-        "search": {"generations": 100_000, "refinements": 8, "references": [],
-                   "lineages_per_island": lineages},
-        "islands": {"count": islands, "interval": 2, "migrants": 2},
-        "cascade": {"enabled": False},
-        "evaluator": {"run_ahead": run_ahead},
-    }).validate()
+    return from_dict(
+        DiscoveryConfig,
+        {
+            "name": "cluster-scaling",
+            "envs": ENVS,
+            "seeds": 8,
+            "progress_s": 3600.0,
+            "ppo": {"overrides": {"total_timesteps": 64 * 128 * 4}, "per_env": {}},
+            "search": {
+                "generations": 100_000,
+                "refinements": 8,
+                "references": [],
+                "lineages_per_island": lineages,
+            },
+            "islands": {"count": islands, "interval": 2, "migrants": 2},
+            "cascade": {"enabled": False},
+            "evaluator": {"run_ahead": run_ahead},
+        },
+    ).validate()
 
 
-async def measure(cluster, workers: int, per_worker: int, eval_s: float, mutate_s: float,
-                  window_s: float, islands: int, run_ahead: float) -> dict:
+async def measure(
+    cluster,
+    workers: int,
+    per_worker: int,
+    eval_s: float,
+    mutate_s: float,
+    window_s: float,
+    islands: int,
+    run_ahead: float,
+) -> dict:
     # One simulated evaluator per worker node serving all its slots concurrently (one
     # process per slot would be 64 processes on this 2-core machine, measuring it, not
     # the driver); it takes all the node's `evaluator` units, so it lands one per node.
     slots = workers * per_worker
-    actors = [SleepEvaluator.options(resources={"evaluator": per_worker},
-                                     scheduling_strategy="SPREAD").remote(eval_s, seed=i)
-              for i in range(workers)]
+    actors = [
+        SleepEvaluator.options(
+            resources={"evaluator": per_worker}, scheduling_strategy="SPREAD"
+        ).remote(eval_s, seed=i)
+        for i in range(workers)
+    ]
     await asyncio.gather(*(a.__ray_ready__.remote() for a in actors))
     me = ray.get_runtime_context().get_job_id()
-    nodes = {a["Address"]["NodeID"] for a in cluster.global_state.actor_table(None).values()
-             if a["ActorClassName"] == "SleepEvaluator" and a["State"] == "ALIVE"
-             and a["JobID"] == me}
+    nodes = {
+        a["Address"]["NodeID"]
+        for a in cluster.global_state.actor_table(None).values()
+        if a["ActorClassName"] == "SleepEvaluator" and a["State"] == "ALIVE" and a["JobID"] == me
+    }
     evaluators = EvaluatorPool(actors, slots_per_actor=per_worker)
-    mutators = MutatorPool([SleepMutator.options(max_concurrency=10_000, **control_options())
-                            .remote(mutate_s)])
+    mutators = MutatorPool(
+        [SleepMutator.options(max_concurrency=10_000, **control_options()).remote(mutate_s)]
+    )
     cfg = config(slots, islands, run_ahead)
     with tempfile.TemporaryDirectory() as tmp:
-        d = Discovery.create(cfg, Path(tmp) / "run", evaluator_pool=evaluators,
-                             mutator_pool=mutators)
+        d = Discovery.create(
+            cfg, Path(tmp) / "run", evaluator_pool=evaluators, mutator_pool=mutators
+        )
         run = asyncio.create_task(d.run())
         while not d.searches or sum(d.searches[0].started) == 0:  # initial archive first
             await asyncio.sleep(0.05)
@@ -105,13 +130,19 @@ async def measure(cluster, workers: int, per_worker: int, eval_s: float, mutate_
     for actor in (*actors, *mutators.actors):
         ray.kill(actor)
     per_hour = done / wall * 3600
-    return dict(slots=slots, nodes_used=len(nodes),
-                lineages=cfg.search.lineages_per_island * islands, candidates=done,
-                evaluations=evals, evaluations_per_s=round(evals / wall, 2),
-                utilisation=round(evals * eval_s / (slots * wall), 3),
-                slot_held=round(busy / (slots * wall), 3),
-                window_s=round(wall, 1), journal_rows=rows,
-                candidates_per_hour_scaled=round(per_hour, 1))
+    return dict(
+        slots=slots,
+        nodes_used=len(nodes),
+        lineages=cfg.search.lineages_per_island * islands,
+        candidates=done,
+        evaluations=evals,
+        evaluations_per_s=round(evals / wall, 2),
+        utilisation=round(evals * eval_s / (slots * wall), 3),
+        slot_held=round(busy / (slots * wall), 3),
+        window_s=round(wall, 1),
+        journal_rows=rows,
+        candidates_per_hour_scaled=round(per_hour, 1),
+    )
 
 
 def main() -> None:
@@ -133,18 +164,30 @@ def main() -> None:
     # A private temp dir: a plain ray.init() elsewhere on this machine never joins it.
     tmp = tempfile.mkdtemp(prefix="rcs-", dir="/tmp")
     os.environ.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
-    cluster = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=0, include_dashboard=False, object_store_memory=100 * MiB))
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args=dict(num_cpus=0, include_dashboard=False, object_store_memory=100 * MiB),
+    )
     rows = []
     try:
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         for n in sizes:
             while len(cluster.worker_nodes) < n:
-                cluster.add_node(num_cpus=1, resources={"evaluator": args.slots},
-                                 object_store_memory=100 * MiB)
-            r = asyncio.run(measure(cluster, n, args.slots, args.eval_s * args.scale,
-                                    args.mutate_s * args.scale, args.window, args.islands,
-                                    args.run_ahead))
+                cluster.add_node(
+                    num_cpus=1, resources={"evaluator": args.slots}, object_store_memory=100 * MiB
+                )
+            r = asyncio.run(
+                measure(
+                    cluster,
+                    n,
+                    args.slots,
+                    args.eval_s * args.scale,
+                    args.mutate_s * args.scale,
+                    args.window,
+                    args.islands,
+                    args.run_ahead,
+                )
+            )
             r["workers"] = n
             r["candidates_per_hour"] = round(r.pop("candidates_per_hour_scaled") * args.scale, 1)
             r["ideal_per_hour"] = round(r["slots"] * 3600 / (len(ENVS) * args.eval_s), 1)
@@ -157,20 +200,44 @@ def main() -> None:
         cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    head = ("workers", "slots", "nodes_used", "lineages", "candidates", "candidates_per_hour",
-            "ideal_per_hour", "utilisation", "slot_held", "evaluations_per_s",
-            "real_time_equivalent_slots")
+    head = (
+        "workers",
+        "slots",
+        "nodes_used",
+        "lineages",
+        "candidates",
+        "candidates_per_hour",
+        "ideal_per_hour",
+        "utilisation",
+        "slot_held",
+        "evaluations_per_s",
+        "real_time_equivalent_slots",
+    )
     print("\n" + " | ".join(head))
     for r in rows:
         print(" | ".join(str(r[k]) for k in head))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(
-        command="python " + " ".join(sys.argv), eval_s=args.eval_s, mutate_s=args.mutate_s,
-        scale=args.scale, envs=len(ENVS), slots_per_worker=args.slots,
-        machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
-                     load_avg_1m=round(os.getloadavg()[0], 2)),
-        ray=ray.__version__, results=rows), indent=2))
+    out.write_text(
+        json.dumps(
+            dict(
+                command="python " + " ".join(sys.argv),
+                eval_s=args.eval_s,
+                mutate_s=args.mutate_s,
+                scale=args.scale,
+                envs=len(ENVS),
+                slots_per_worker=args.slots,
+                machine=dict(
+                    cpus=os.cpu_count(),
+                    platform=platform.platform(),
+                    load_avg_1m=round(os.getloadavg()[0], 2),
+                ),
+                ray=ray.__version__,
+                results=rows,
+            ),
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -6,7 +6,8 @@ The driver, islands, journal and pools are rayopt's own; only the work is simula
 takes ``--eval-s`` and a mutation ``--mutate-s`` (paper-like 60 s and 30 s by default),
 both multiplied by ``--scale`` so the run fits in minutes. Utilisation is measured in
 steady state (after the initial archive is evaluated and the lineages' first
-mutations are in) by sampling how many evaluator slots are busy. Candidates/hour is reported in unscaled time.
+mutations are in) by sampling how many evaluator slots are busy. Candidates/hour is
+reported in unscaled time.
 
     python benchmarks/orchestration.py [--slots 1,8,64,256] [--scale 0.1] [--window 20]
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -34,23 +36,36 @@ ENVS = ["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders
 
 
 def config(islands: int) -> DiscoveryConfig:
-    return from_dict(DiscoveryConfig, {
-        "name": "orchestration", "envs": ENVS, "seeds": 8, "progress_s": 3600.0,
-        "ppo": {"overrides": {"total_timesteps": 64 * 128 * 4}, "per_env": {}},
-        "search": {"generations": 100_000, "refinements": 8, "references": [],
-                   "lineages_per_island": 0},
-        "islands": {"count": islands, "interval": 2, "migrants": 2},
-        "cascade": {"enabled": False},
-        "evaluator": {"run_ahead": 1.0},
-    }).validate()
+    return from_dict(
+        DiscoveryConfig,
+        {
+            "name": "orchestration",
+            "envs": ENVS,
+            "seeds": 8,
+            "progress_s": 3600.0,
+            "ppo": {"overrides": {"total_timesteps": 64 * 128 * 4}, "per_env": {}},
+            "search": {
+                "generations": 100_000,
+                "refinements": 8,
+                "references": [],
+                "lineages_per_island": 0,
+            },
+            "islands": {"count": islands, "interval": 2, "migrants": 2},
+            "cascade": {"enabled": False},
+            "evaluator": {"run_ahead": 1.0},
+        },
+    ).validate()
 
 
-async def measure(slots: int, eval_s: float, mutate_s: float, window_s: float, islands: int) -> dict:
+async def measure(
+    slots: int, eval_s: float, mutate_s: float, window_s: float, islands: int
+) -> dict:
     evaluators = EvaluatorPool([SleepEvaluator.remote(eval_s)], slots_per_actor=slots)
     mutators = MutatorPool([SleepMutator.options(max_concurrency=10_000).remote(mutate_s)])
     with tempfile.TemporaryDirectory() as tmp:
-        d = Discovery.create(config(islands), Path(tmp) / "run", evaluator_pool=evaluators,
-                             mutator_pool=mutators)
+        d = Discovery.create(
+            config(islands), Path(tmp) / "run", evaluator_pool=evaluators, mutator_pool=mutators
+        )
         run = asyncio.create_task(d.run())
         while not d.searches or sum(d.searches[0].started) == 0:  # initial archive first
             await asyncio.sleep(0.05)
@@ -62,15 +77,19 @@ async def measure(slots: int, eval_s: float, mutate_s: float, window_s: float, i
         wall, done = time.monotonic() - t0, d.searches[0].evaluated - done0
         lineages = d._lineages_per_island() * islands
         run.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await run
-        except asyncio.CancelledError:
-            pass
         rows = d.journal.rows_written
     for actor in (*{s.actor for s in evaluators.slots}, *mutators.actors):
         ray.kill(actor)
-    return dict(slots=slots, lineages=lineages, utilisation=sum(samples) / (len(samples) * slots),
-                candidates=done, window_s=round(wall, 2), journal_rows=rows)
+    return dict(
+        slots=slots,
+        lineages=lineages,
+        utilisation=sum(samples) / (len(samples) * slots),
+        candidates=done,
+        window_s=round(wall, 2),
+        journal_rows=rows,
+    )
 
 
 def main() -> None:
@@ -86,17 +105,29 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     rows = []
-    print(f"evaluation {args.eval_s:g} s, mutation {args.mutate_s:g} s (x{args.scale:g}), "
-          f"{len(ENVS)} envs per candidate, {args.islands} islands")
+    print(
+        f"evaluation {args.eval_s:g} s, mutation {args.mutate_s:g} s (x{args.scale:g}), "
+        f"{len(ENVS)} envs per candidate, {args.islands} islands"
+    )
     print(f"{'evaluators':>10}{'lineages':>10}{'utilisation':>13}{'cand/hour':>11}{'ideal':>9}")
     for slots in (int(s) for s in args.slots.split(",")):
-        r = asyncio.run(measure(slots, args.eval_s * args.scale, args.mutate_s * args.scale,
-                                args.window, args.islands))
+        r = asyncio.run(
+            measure(
+                slots,
+                args.eval_s * args.scale,
+                args.mutate_s * args.scale,
+                args.window,
+                args.islands,
+            )
+        )
         r["candidates_per_hour"] = round(r["candidates"] / (r["window_s"] / args.scale) * 3600, 1)
         r["ideal_candidates_per_hour"] = round(slots * 3600 / (args.eval_s * len(ENVS)), 1)
         rows.append(r)
-        print(f"{slots:>10}{r['lineages']:>10}{r['utilisation']:>12.1%}{r['candidates_per_hour']:>11}"
-              f"{r['ideal_candidates_per_hour']:>9}", flush=True)
+        print(
+            f"{slots:>10}{r['lineages']:>10}{r['utilisation']:>12.1%}{r['candidates_per_hour']:>11}"
+            f"{r['ideal_candidates_per_hour']:>9}",
+            flush=True,
+        )
     ray.shutdown()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ a plain PureJaxRL-style reference (``jit(train)`` per seed with optax.adam, run 
 after seed) measured in the same process, and beside this machine's roofline (measured
 fp32 matmul peak / analytic FLOPs per environment step).
 
-    python benchmarks/ppo_throughput.py [--updates 20] [--reps 3] [--out benchmarks/results/ppo_throughput.json]
+    python benchmarks/ppo_throughput.py [--updates 20] [--reps 3] [--out FILE.json]
 
 Run times are the fastest of ``--reps`` repetitions (the least disturbed by other load).
 
@@ -82,8 +82,13 @@ def bench_rayopt(env: str, opt: str, seeds: int, updates: int, reps: int) -> dic
     run_s = min(r.run_s for r in runs)  # the least disturbed repetition
     steps = seeds * cfg.num_updates * cfg.num_envs * cfg.num_steps
     return dict(
-        impl="rayopt", env=env, optimizer=opt, seeds=seeds, compile_s=round(first.compile_s, 2),
-        run_s=round(run_s, 3), steps_per_s=round(steps / run_s),
+        impl="rayopt",
+        env=env,
+        optimizer=opt,
+        seeds=seeds,
+        compile_s=round(first.compile_s, 2),
+        run_s=round(run_s, 3),
+        steps_per_s=round(steps / run_s),
         final_return=float(np.nanmean(runs[0].metrics.final_return)),
     )
 
@@ -105,8 +110,14 @@ def bench_reference(env: str, seeds: int, updates: int, reps: int) -> dict:
     run_s = min(times)
     steps = seeds * updates * 64 * 128
     return dict(
-        impl="purejaxrl-ref", env=env, optimizer="adam", seeds=seeds, compile_s=round(compile_s, 2),
-        run_s=round(run_s, 3), steps_per_s=round(steps / run_s), final_return=float("nan"),
+        impl="purejaxrl-ref",
+        env=env,
+        optimizer="adam",
+        seeds=seeds,
+        compile_s=round(compile_s, 2),
+        run_s=round(run_s, 3),
+        steps_per_s=round(steps / run_s),
+        final_return=float("nan"),
     )
 
 
@@ -122,7 +133,10 @@ def main() -> None:
     peak = matmul_peak()
     rows = []
     print(f"devices: {jax.local_devices()}  fp32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
-    header = f"{'impl':<14}{'env':<24}{'optimizer':<14}{'seeds':>6}{'compile_s':>10}{'steps/s':>10}{'x ref':>7}{'x adam':>8}{'% roof':>8}"
+    header = (
+        f"{'impl':<14}{'env':<24}{'optimizer':<14}{'seeds':>6}{'compile_s':>10}{'steps/s':>10}"
+        f"{'x ref':>7}{'x adam':>8}{'% roof':>8}"
+    )
     print(header)
     for env in args.envs.split(","):
         roof = peak * 1e9 / flops_per_step(env)
@@ -144,8 +158,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(
-        machine=platform.machine(), processor=platform.processor(), devices=str(jax.local_devices()),
-        jax=jax.__version__, matmul_peak_gflops=round(peak, 1), updates=args.updates,
+        machine=platform.machine(),
+        processor=platform.processor(),
+        devices=str(jax.local_devices()),
+        jax=jax.__version__,
+        matmul_peak_gflops=round(peak, 1),
+        updates=args.updates,
         flops_per_step={e: flops_per_step(e) for e in args.envs.split(",")},
     )
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))

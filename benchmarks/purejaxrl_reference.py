@@ -30,7 +30,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         for _ in range(2):
-            x = nn.relu(nn.Dense(self.width, kernel_init=orthogonal(np.sqrt(2)), bias_init=constant(0.0))(x))
+            x = nn.relu(
+                nn.Dense(self.width, kernel_init=orthogonal(np.sqrt(2)), bias_init=constant(0.0))(x)
+            )
         return nn.Dense(self.out, kernel_init=orthogonal(self.scale), bias_init=constant(0.0))(x)
 
 
@@ -55,10 +57,14 @@ def make_train(config: dict):
         rng, k1, k2 = jax.random.split(rng, 3)
         obs_dim = env.observation_space(env_params).shape
         params = {"a": actor.init(k1, jnp.zeros(obs_dim)), "c": critic.init(k2, jnp.zeros(obs_dim))}
-        tx = optax.chain(optax.clip_by_global_norm(config["MAX_GRAD_NORM"]), optax.adam(config["LR"]))
+        tx = optax.chain(
+            optax.clip_by_global_norm(config["MAX_GRAD_NORM"]), optax.adam(config["LR"])
+        )
         opt_state = tx.init(params)
         rng, k = jax.random.split(rng)
-        obsv, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k, config["NUM_ENVS"]), env_params)
+        obsv, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+            jax.random.split(k, config["NUM_ENVS"]), env_params
+        )
 
         def _update_step(runner_state, unused):
             def _env_step(runner_state, unused):
@@ -67,28 +73,48 @@ def make_train(config: dict):
                 logits = actor.apply(params["a"], last_obs)
                 value = critic.apply(params["c"], last_obs)[:, 0]
                 action = jax.random.categorical(_rng, logits)
-                log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
+                log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[
+                    :, 0
+                ]
                 rng, _rng = jax.random.split(rng)
                 rng_step = jax.random.split(_rng, config["NUM_ENVS"])
-                obsv, env_state, reward, term, trunc, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                    rng_step, env_state, action, env_params
-                )
+                obsv, env_state, reward, term, trunc, info = jax.vmap(
+                    env.step, in_axes=(0, 0, 0, None)
+                )(rng_step, env_state, action, env_params)
                 done = jnp.logical_or(term, trunc)
-                t = Transition(done, action, value, reward, log_prob, last_obs, info["returned_episode_returns"])
+                t = Transition(
+                    done,
+                    action,
+                    value,
+                    reward,
+                    log_prob,
+                    last_obs,
+                    info["returned_episode_returns"],
+                )
                 return (params, opt_state, env_state, obsv, rng), t
 
-            runner_state, traj_batch = jax.lax.scan(_env_step, runner_state, None, config["NUM_STEPS"])
+            runner_state, traj_batch = jax.lax.scan(
+                _env_step, runner_state, None, config["NUM_STEPS"]
+            )
             params, opt_state, env_state, last_obs, rng = runner_state
             last_val = critic.apply(params["c"], last_obs)[:, 0]
 
             def _get_advantages(gae_and_next_value, transition):
                 gae, next_value = gae_and_next_value
-                delta = transition.reward + config["GAMMA"] * next_value * (1 - transition.done) - transition.value
+                delta = (
+                    transition.reward
+                    + config["GAMMA"] * next_value * (1 - transition.done)
+                    - transition.value
+                )
                 gae = delta + config["GAMMA"] * config["GAE_LAMBDA"] * (1 - transition.done) * gae
                 return (gae, transition.value), gae
 
             _, advantages = jax.lax.scan(
-                _get_advantages, (jnp.zeros_like(last_val), last_val), traj_batch, reverse=True, unroll=16
+                _get_advantages,
+                (jnp.zeros_like(last_val), last_val),
+                traj_batch,
+                reverse=True,
+                unroll=16,
             )
             targets = advantages + traj_batch.value
 
@@ -102,12 +128,20 @@ def make_train(config: dict):
                         value = critic.apply(params["c"], traj.obs)[:, 0]
                         logp_all = jax.nn.log_softmax(logits)
                         log_prob = jnp.take_along_axis(logp_all, traj.action[:, None], -1)[:, 0]
-                        v_clip = traj.value + (value - traj.value).clip(-config["CLIP_EPS"], config["CLIP_EPS"])
-                        v_loss = 0.5 * jnp.maximum(jnp.square(value - targets), jnp.square(v_clip - targets)).mean()
+                        v_clip = traj.value + (value - traj.value).clip(
+                            -config["CLIP_EPS"], config["CLIP_EPS"]
+                        )
+                        v_loss = (
+                            0.5
+                            * jnp.maximum(
+                                jnp.square(value - targets), jnp.square(v_clip - targets)
+                            ).mean()
+                        )
                         ratio = jnp.exp(log_prob - traj.log_prob)
                         gae = (adv - adv.mean()) / (adv.std() + 1e-8)
                         a_loss = -jnp.minimum(
-                            ratio * gae, jnp.clip(ratio, 1 - config["CLIP_EPS"], 1 + config["CLIP_EPS"]) * gae
+                            ratio * gae,
+                            jnp.clip(ratio, 1 - config["CLIP_EPS"], 1 + config["CLIP_EPS"]) * gae,
                         ).mean()
                         entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
                         return a_loss + config["VF_COEF"] * v_loss - config["ENT_COEF"] * entropy
@@ -120,16 +154,24 @@ def make_train(config: dict):
                 rng, _rng = jax.random.split(rng)
                 batch_size = config["NUM_STEPS"] * config["NUM_ENVS"]
                 permutation = jax.random.permutation(_rng, batch_size)
-                batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (traj_batch, advantages, targets))
+                batch = jax.tree.map(
+                    lambda x: x.reshape((batch_size,) + x.shape[2:]),
+                    (traj_batch, advantages, targets),
+                )
                 shuffled = jax.tree.map(lambda x: jnp.take(x, permutation, axis=0), batch)
                 minibatches = jax.tree.map(
-                    lambda x: jnp.reshape(x, [config["NUM_MINIBATCHES"], -1] + list(x.shape[1:])), shuffled
+                    lambda x: jnp.reshape(x, [config["NUM_MINIBATCHES"], -1] + list(x.shape[1:])),
+                    shuffled,
                 )
-                (params, opt_state), _ = jax.lax.scan(_update_minbatch, (params, opt_state), minibatches)
+                (params, opt_state), _ = jax.lax.scan(
+                    _update_minbatch, (params, opt_state), minibatches
+                )
                 return (params, opt_state, traj_batch, advantages, targets, rng), None
 
             update_state = (params, opt_state, traj_batch, advantages, targets, rng)
-            update_state, _ = jax.lax.scan(_update_epoch, update_state, None, config["UPDATE_EPOCHS"])
+            update_state, _ = jax.lax.scan(
+                _update_epoch, update_state, None, config["UPDATE_EPOCHS"]
+            )
             params, opt_state, _, _, _, rng = update_state
             return (params, opt_state, env_state, last_obs, rng), traj_batch.ret.mean()
 
@@ -144,7 +186,17 @@ def make_train(config: dict):
 def config(env: str, total_timesteps: int) -> dict:
     """Table 1's MinAtar column in PureJaxRL's config-dict form."""
     return {
-        "ENV_NAME": env, "TOTAL_TIMESTEPS": total_timesteps, "NUM_ENVS": 64, "NUM_STEPS": 128,
-        "NUM_MINIBATCHES": 8, "UPDATE_EPOCHS": 4, "GAMMA": 0.99, "GAE_LAMBDA": 0.95,
-        "CLIP_EPS": 0.2, "VF_COEF": 0.5, "ENT_COEF": 0.01, "MAX_GRAD_NORM": 0.5, "LR": 1e-3,
+        "ENV_NAME": env,
+        "TOTAL_TIMESTEPS": total_timesteps,
+        "NUM_ENVS": 64,
+        "NUM_STEPS": 128,
+        "NUM_MINIBATCHES": 8,
+        "UPDATE_EPOCHS": 4,
+        "GAMMA": 0.99,
+        "GAE_LAMBDA": 0.95,
+        "CLIP_EPS": 0.2,
+        "VF_COEF": 0.5,
+        "ENT_COEF": 0.01,
+        "MAX_GRAD_NORM": 0.5,
+        "LR": 1e-3,
     }

@@ -38,34 +38,55 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="sweep output directory (default runs/NAME)")
     p.add_argument("--name", help="sweep name (default: the config's, else 'sweep')")
     p.add_argument("--address", help="Ray cluster address; default: a local Ray instance")
-    p.add_argument("--axis",
-                   choices=["none", "total_timesteps", "hidden_size", "activation", "env"],
-                   help="sweep one PPO setting (values from --values)")
+    p.add_argument(
+        "--axis",
+        choices=["none", "total_timesteps", "hidden_size", "activation", "env"],
+        help="sweep one PPO setting (values from --values)",
+    )
     p.add_argument("--values", type=_csv, help="axis values, e.g. 16,64,256 or 1e6,1e7")
-    p.add_argument("--optimizers", "--optimisers", type=_csv, default=None,
-                   help="comma-separated: adam, sign_update, relative_update, gradient_step, "
-                   "clipped_update, discovered_1..3, open, paths to .py files, or candidates "
-                   "of a discovery run: run:DIR@top3, run:DIR@ms0/top3, run:DIR@CANDIDATE "
-                   "(default adam)")
-    p.add_argument("--envs", default=None,
-                   help="comma-separated env ids or aliases (minatar = the four MinAtar games; "
-                   "default CartPole-v1)")
+    p.add_argument(
+        "--optimizers",
+        "--optimisers",
+        type=_csv,
+        default=None,
+        help="comma-separated: adam, sign_update, relative_update, gradient_step, "
+        "clipped_update, discovered_1..3, open, paths to .py files, or candidates "
+        "of a discovery run: run:DIR@top3, run:DIR@ms0/top3, run:DIR@CANDIDATE "
+        "(default adam)",
+    )
+    p.add_argument(
+        "--envs",
+        default=None,
+        help="comma-separated env ids or aliases (minatar = the four MinAtar games; "
+        "default CartPole-v1)",
+    )
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..S-1; default 4)")
     p.add_argument("--total-timesteps", type=_float_int, default=None)
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--activation", choices=["relu", "tanh"], default=None)
     p.add_argument("--num-envs", type=int, default=None)
     p.add_argument("--truncation", choices=["bootstrap", "terminate"], default=None)
-    p.add_argument("--open-weights", default=None,
-                   help="path to an OPEN checkpoint, e.g. multi_OPEN.npy (default: "
-                   "$RAYOPT_OPEN_WEIGHTS; see docs/open.md)")
-    p.add_argument("--fast-compile", action="store_true", default=None,
-                   help="CPU: unoptimised XLA (compiles ~2x faster, runs ~2x slower)")
+    p.add_argument(
+        "--open-weights",
+        default=None,
+        help="path to an OPEN checkpoint, e.g. multi_OPEN.npy (default: "
+        "$RAYOPT_OPEN_WEIGHTS; see docs/open.md)",
+    )
+    p.add_argument(
+        "--fast-compile",
+        action="store_true",
+        default=None,
+        help="CPU: unoptimised XLA (compiles ~2x faster, runs ~2x slower)",
+    )
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates for sweep CIs")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="sweep config overrides, e.g. seeds=16 values=[16,64,256] "
-                   "ppo.overrides.total_timesteps=1e6")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="sweep config overrides, e.g. seeds=16 values=[16,64,256] "
+        "ppo.overrides.total_timesteps=1e6",
+    )
     p.set_defaults(func=_evaluate)
 
 
@@ -95,11 +116,17 @@ def _sweep(args: argparse.Namespace) -> int:
     from rayopt.config import ConfigError
 
     flags = []
-    for key, value in [("name", args.name), ("optimizers", args.optimizers),
-                       ("envs", _csv(args.envs) if args.envs else None), ("seeds", args.seeds),
-                       ("axis", args.axis), ("values", args.values),
-                       ("open_weights", args.open_weights), ("address", args.address),
-                       ("fast_compile", args.fast_compile)]:
+    for key, value in [
+        ("name", args.name),
+        ("optimizers", args.optimizers),
+        ("envs", _csv(args.envs) if args.envs else None),
+        ("seeds", args.seeds),
+        ("axis", args.axis),
+        ("values", args.values),
+        ("open_weights", args.open_weights),
+        ("address", args.address),
+        ("fast_compile", args.fast_compile),
+    ]:
         if value is not None:
             flags.append(f"{key}={json.dumps(value)}")
     flags += [f"ppo.overrides.{k}={json.dumps(v)}" for k, v in _ppo_flags(args).items()]
@@ -113,8 +140,11 @@ def _sweep(args: argparse.Namespace) -> int:
         return 2
     table = stats.iqm_table(stats.load_scores(out, sweeps=[cfg.name]), reps=args.reps)
     if args.json:
-        print(json.dumps(dict(summary=summary, iqm=table.to_dict(orient="records")), indent=2,
-                         default=str))
+        print(
+            json.dumps(
+                dict(summary=summary, iqm=table.to_dict(orient="records")), indent=2, default=str
+            )
+        )
     else:
         print(stats.to_text(stats.iqm_display(table)), end="")
         print(json.dumps(summary))
@@ -147,8 +177,12 @@ def _evaluate_local(args: argparse.Namespace) -> int:
     rows = []
     for spec in specs:
         for env in envs:
-            r = evaluate(spec, config_for(env, **overrides), range(seeds),
-                         fast_compile=bool(args.fast_compile))
+            r = evaluate(
+                spec,
+                config_for(env, **overrides),
+                range(seeds),
+                fast_compile=bool(args.fast_compile),
+            )
             fr, auc = np.asarray(r.final_return, float), np.asarray(r.auc, float)
             rows.append(
                 dict(
@@ -174,16 +208,29 @@ def _evaluate_local(args: argparse.Namespace) -> int:
 
 
 def _row(r: dict, header: bool) -> str:
-    cols = ("optimizer", "env", "final_mean", "final_iqm", "auc_mean", "auc_iqm", "finite",
-            "compile_s", "run_s")
+    cols = (
+        "optimizer",
+        "env",
+        "final_mean",
+        "final_iqm",
+        "auc_mean",
+        "auc_iqm",
+        "finite",
+        "compile_s",
+        "run_s",
+    )
     widths = (16, 24, 11, 10, 9, 8, 7, 10, 8)
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    line = "".join(f"{fmt(r[c]):>{w}}" if i > 1 else f"{fmt(r[c]):<{w}}"
-                   for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
+    line = "".join(
+        f"{fmt(r[c]):>{w}}" if i > 1 else f"{fmt(r[c]):<{w}}"
+        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+    )
     if not header:
         return line
-    head = "".join(f"{c:>{w}}" if i > 1 else f"{c:<{w}}"
-                   for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
+    head = "".join(
+        f"{c:>{w}}" if i > 1 else f"{c:<{w}}"
+        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+    )
     return f"{head}\n{line}"
 
 
@@ -199,16 +246,28 @@ def _add_discover(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config (see configs/); defaults are the quickstart")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its journal")
     p.add_argument("--run-dir", help="where to write the run (default: OUT_DIR/NAME)")
-    p.add_argument("--meta-seeds", type=lambda t: [int(x) for x in _csv(t)],
-                   help="independent searches side by side, e.g. 0,1,2")
-    p.add_argument("--address", help="Ray cluster to attach to: auto (this machine's "
-                   "cluster), host:6379, ray://host:10001; default: the config's, else "
-                   "RAY_ADDRESS or a local instance. Allowed with --resume (a resumed run "
-                   "may be on a new cluster)")
-    p.add_argument("--open-weights",
-                   help="OPEN checkpoint (multi_OPEN.npy): needed when search.references has open")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. search.generations=5 islands.count=4")
+    p.add_argument(
+        "--meta-seeds",
+        type=lambda t: [int(x) for x in _csv(t)],
+        help="independent searches side by side, e.g. 0,1,2",
+    )
+    p.add_argument(
+        "--address",
+        help="Ray cluster to attach to: auto (this machine's "
+        "cluster), host:6379, ray://host:10001; default: the config's, else "
+        "RAY_ADDRESS or a local instance. Allowed with --resume (a resumed run "
+        "may be on a new cluster)",
+    )
+    p.add_argument(
+        "--open-weights",
+        help="OPEN checkpoint (multi_OPEN.npy): needed when search.references has open",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. search.generations=5 islands.count=4",
+    )
     p.set_defaults(func=_discover)
 
 
@@ -222,7 +281,8 @@ def _discover(args: argparse.Namespace) -> int:
         if args.resume:
             if args.config or args.overrides or args.meta_seeds:
                 raise ConfigError(
-                    "--resume takes the run's own config; drop --config and overrides")
+                    "--resume takes the run's own config; drop --config and overrides"
+                )
             discovery = Discovery.load(args.resume)
         else:
             overrides = list(args.overrides)
@@ -257,10 +317,18 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", help="a .py file defining update_fn")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-dry-run", dest="dry_run", action="store_false",
-                   help="static checks only (nothing is executed)")
-    p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds allowed for tracing, compiling and running (default 10)")
+    p.add_argument(
+        "--no-dry-run",
+        dest="dry_run",
+        action="store_false",
+        help="static checks only (nothing is executed)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds allowed for tracing, compiling and running (default 10)",
+    )
     p.set_defaults(func=_check)
 
 
@@ -300,23 +368,39 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         "(PNG and SVG), CSV and Markdown tables and report.html. See docs/analysis.md.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories")
-    p.add_argument("--out", help="output directory (default: PATH/analysis for one PATH, "
-                   "else ./analysis)")
-    p.add_argument("--pairs", help="P(X > Y) pairs, e.g. discovered_1:adam,discovered_2:adam "
-                   "(default: every optimiser against adam)")
+    p.add_argument(
+        "--out", help="output directory (default: PATH/analysis for one PATH, else ./analysis)"
+    )
+    p.add_argument(
+        "--pairs",
+        help="P(X > Y) pairs, e.g. discovered_1:adam,discovered_2:adam "
+        "(default: every optimiser against adam)",
+    )
     p.add_argument("--metric", choices=["final_return", "auc"], default="final_return")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates for IQM CIs")
-    p.add_argument("--poi-reps", type=int, default=0,
-                   help="bootstrap replicates for P(X > Y) CIs (default 0: point estimates "
-                   "only; each replicate costs ~1 ms per env and pair)")
-    p.add_argument("--profile-reps", type=int, default=100,
-                   help="bootstrap replicates for performance-profile bands")
+    p.add_argument(
+        "--poi-reps",
+        type=int,
+        default=0,
+        help="bootstrap replicates for P(X > Y) CIs (default 0: point estimates "
+        "only; each replicate costs ~1 ms per env and pair)",
+    )
+    p.add_argument(
+        "--profile-reps",
+        type=int,
+        default=100,
+        help="bootstrap replicates for performance-profile bands",
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--top", type=int, default=3, help="best candidates shown per meta-seed")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="processes (default 2 if there are 2 CPUs: figures are drawn in a "
-                   "second process while the statistics run; 1: all in this process)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes (default 2 if there are 2 CPUs: figures are drawn in a "
+        "second process while the statistics run; 1: all in this process)",
+    )
     p.add_argument("--quiet", action="store_true", help="no tables on the console")
     p.set_defaults(func=_analyze)
 
@@ -324,13 +408,21 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from rayopt.analysis.report import AnalysisOptions, analyze
 
-    opts = AnalysisOptions(metric=args.metric, reps=args.reps, poi_reps=args.poi_reps,
-                           profile_reps=args.profile_reps, seed=args.seed, top=args.top,
-                           plots=args.plots, pairs=args.pairs)
+    opts = AnalysisOptions(
+        metric=args.metric,
+        reps=args.reps,
+        poi_reps=args.poi_reps,
+        profile_reps=args.profile_reps,
+        seed=args.seed,
+        top=args.top,
+        plots=args.plots,
+        pairs=args.pairs,
+    )
     if args.jobs is not None:
         opts.jobs = max(1, args.jobs)
-    out = args.out or (f"{args.paths[0].rstrip('/')}/analysis" if len(args.paths) == 1
-                       else "analysis")
+    out = args.out or (
+        f"{args.paths[0].rstrip('/')}/analysis" if len(args.paths) == 1 else "analysis"
+    )
     try:
         result = analyze(args.paths, out, opts, echo=not args.quiet)
     except (FileNotFoundError, ValueError) as err:

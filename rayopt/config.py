@@ -34,7 +34,9 @@ class PPOSection:
         default_factory=lambda: {"total_timesteps": 40_960, "num_envs": 32, "num_steps": 64}
     )
     per_env: dict[str, dict[str, Any]] = dataclasses.field(
-        default_factory=lambda: {"CartPole-v1": {"num_envs": 4, "num_steps": 128, "total_timesteps": 30_720}}
+        default_factory=lambda: {
+            "CartPole-v1": {"num_envs": 4, "num_steps": 128, "total_timesteps": 30_720}
+        }
     )
 
 
@@ -47,10 +49,19 @@ class SearchSection:
     top_k: int = 5  # "number of top optimisers"
     exploit_p: float = 0.8  # probability of picking the base among the top_k
     initial: list[str] = dataclasses.field(
-        default_factory=lambda: ["sign_update", "relative_update", "gradient_step", "clipped_update"]
+        default_factory=lambda: [
+            "sign_update",
+            "relative_update",
+            "gradient_step",
+            "clipped_update",
+        ]
     )
-    references: list[str] = dataclasses.field(default_factory=lambda: ["adam"])  # ranked, never bred
-    lineages_per_island: int = 1  # generations of one island in flight; 0: enough to fill evaluators
+    references: list[str] = dataclasses.field(
+        default_factory=lambda: ["adam"]
+    )  # ranked, never bred
+    lineages_per_island: int = (
+        1  # generations of one island in flight; 0: enough to fill evaluators
+    )
     max_eval_attempts: int = 3  # evaluator crashes tolerated per evaluation
     literal_policy: Literal["record", "penalise", "reject"] = "record"
     literal_penalty: float = 0.5  # rank penalty per tunable literal a candidate introduces
@@ -145,19 +156,28 @@ class DiscoveryConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         fields = {f.name for f in dataclasses.fields(PPOConfig)} - {"env"}
-        for where, d in [("ppo.overrides", self.ppo.overrides),
-                         *((f"ppo.per_env.{k}", v) for k, v in self.ppo.per_env.items())]:
+        for where, d in [
+            ("ppo.overrides", self.ppo.overrides),
+            *((f"ppo.per_env.{k}", v) for k, v in self.ppo.per_env.items()),
+        ]:
             unknown = set(d) - fields
             if unknown:
-                raise ConfigError(f"{where}: unknown PPO setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+                raise ConfigError(
+                    f"{where}: unknown PPO setting(s) {sorted(unknown)}; known: {sorted(fields)}"
+                )
         for env in self.envs:
             try:
                 self.ppo_config(env)
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"PPO config for {env}: {err}") from None
         try:
-            config_for(self.cascade.env, **{**self.ppo_overrides(self.cascade.env),
-                                            "total_timesteps": self.cascade.total_timesteps})
+            config_for(
+                self.cascade.env,
+                **{
+                    **self.ppo_overrides(self.cascade.env),
+                    "total_timesteps": self.cascade.total_timesteps,
+                },
+            )
         except ValueError as err:
             raise ConfigError(f"cascade: {err}") from None
         for name in self.search.initial:
@@ -194,10 +214,14 @@ class DiscoveryConfig:
             (self.evaluator.num_gpus >= 0, "evaluator.num_gpus must be >= 0"),
             (self.evaluator.run_ahead >= 0, "evaluator.run_ahead must be >= 0"),
             (self.evaluator.num_cpus >= 0, "evaluator.num_cpus must be >= 0"),
-            (all(v > 0 for v in self.evaluator.resources.values()),
-             "evaluator.resources: amounts must be > 0"),
-            (not {"CPU", "GPU"} & set(self.evaluator.resources),
-             "evaluator.resources: use evaluator.num_cpus / num_gpus for CPU and GPU"),
+            (
+                all(v > 0 for v in self.evaluator.resources.values()),
+                "evaluator.resources: amounts must be > 0",
+            ),
+            (
+                not {"CPU", "GPU"} & set(self.evaluator.resources),
+                "evaluator.resources: use evaluator.num_cpus / num_gpus for CPU and GPU",
+            ),
             (self.evaluator.placement_timeout_s > 0, "evaluator.placement_timeout_s must be > 0"),
         ]
         for ok, message in checks:
@@ -209,7 +233,8 @@ class DiscoveryConfig:
             prompts = self.mutator.llm.get("prompts") or {}
             if isinstance(prompts, dict):  # absolute here: Ray workers run elsewhere
                 self.mutator.llm["prompts"] = {
-                    k: str(Path(v).resolve()) if isinstance(v, str) else v for k, v in prompts.items()
+                    k: str(Path(v).resolve()) if isinstance(v, str) else v
+                    for k, v in prompts.items()
                 }
             try:
                 LLMConfig.from_dict(self.mutator.llm)
@@ -278,13 +303,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
         key_t, val_t = get_args(tp)
-        return {_coerce(key_t, k, where): _coerce(val_t, v, f"{where}.{k}") for k, v in value.items()}
+        return {
+            _coerce(key_t, k, where): _coerce(val_t, v, f"{where}.{k}") for k, v in value.items()
+        }
     if tp is Any:
         return value
     ok = {
         bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool)
-        or isinstance(value, float) and value.is_integer(),
+        int: isinstance(value, int)
+        and not isinstance(value, bool)
+        or isinstance(value, float)
+        and value.is_integer(),
         float: isinstance(value, int | float) and not isinstance(value, bool),
         str: isinstance(value, str),
     }
@@ -359,7 +388,9 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     return from_dict(cls, data)
 
 
-def load_discovery(path: str | Path | None = None, overrides: list[str] | None = None) -> DiscoveryConfig:
+def load_discovery(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> DiscoveryConfig:
     return load(DiscoveryConfig, path, overrides).validate()
 
 

@@ -26,8 +26,14 @@ def tiny_cartpole():
     """A tiny CartPole PPO config (a few updates) for plumbing tests."""
     from rayopt.rl.ppo import config_for
 
-    return config_for("CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2,
-                      update_epochs=2, total_timesteps=4 * 16 * 3)
+    return config_for(
+        "CartPole-v1",
+        num_envs=4,
+        num_steps=16,
+        num_minibatches=2,
+        update_epochs=2,
+        total_timesteps=4 * 16 * 3,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +66,16 @@ def tiny_discovery(**changes):
         "envs": ["CartPole-v1"],
         "seeds": 1,
         "progress_s": 5.0,
-        "ppo": {"overrides": {"num_envs": 4, "num_steps": 16, "num_minibatches": 2,
-                              "update_epochs": 2, "total_timesteps": 256},
-                "per_env": {}},
+        "ppo": {
+            "overrides": {
+                "num_envs": 4,
+                "num_steps": 16,
+                "num_minibatches": 2,
+                "update_epochs": 2,
+                "total_timesteps": 256,
+            },
+            "per_env": {},
+        },
         "search": {"generations": 1, "refinements": 1, "references": ["adam"]},
         "islands": {"count": 2, "interval": 1, "migrants": 1},
         "cascade": {"total_timesteps": 128},

@@ -284,8 +284,9 @@ class FakeLLMServer:
             extra = {"temperature", "top_p", "top_k"} & set(seen.json)
             if extra:
                 name = sorted(extra)[0]
-                return anthropic_error(400, "invalid_request_error",
-                                       f"{name}: Extra inputs are not permitted")
+                return anthropic_error(
+                    400, "invalid_request_error", f"{name}: Extra inputs are not permitted"
+                )
         if self.responder is not None:
             return self.responder(seen)
         with self._lock:

@@ -23,8 +23,9 @@ def test_single_point_iqm_and_ci_equal_rliable() -> None:
     x = np.random.default_rng(1).normal(size=16) * 10
     point, ci = stats.interval_estimates([x], reps=REPS, seed=7)
     np.random.seed(7)  # rliable bootstraps from NumPy's global generator
-    p, iv = rly.get_interval_estimates({"a": x[:, None]},
-                                       lambda s: np.array([metrics.aggregate_iqm(s)]), reps=REPS)
+    p, iv = rly.get_interval_estimates(
+        {"a": x[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=REPS
+    )
     assert point[0] == pytest.approx(float(p["a"][0]), abs=1e-12)
     np.testing.assert_allclose(ci[:, 0], np.ravel(iv["a"]), atol=1e-12)
     assert ci[0, 0] < point[0] < ci[1, 0]
@@ -43,9 +44,9 @@ def test_batched_points_equal_rliable_on_the_same_matrix() -> None:
     # each column's interval is (statistically) the one it gets bootstrapped alone
     for j, c in enumerate(cols):
         np.random.seed(11)
-        _, alone = rly.get_interval_estimates({"a": c[:, None]},
-                                              lambda s: np.array([metrics.aggregate_iqm(s)]),
-                                              reps=2000)
+        _, alone = rly.get_interval_estimates(
+            {"a": c[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000
+        )
         assert np.ravel(alone["a"]) == pytest.approx(ci[:, j], abs=0.35)
 
 
@@ -57,7 +58,8 @@ def test_mixed_lengths_and_nans() -> None:
     for x, j in [(a, 0), (b, 1)]:
         np.random.seed(5)
         p, iv = rly.get_interval_estimates(
-            {"a": x[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=REPS)
+            {"a": x[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=REPS
+        )
         assert point[j] == pytest.approx(float(p["a"][0]))
         np.testing.assert_allclose(ci[:, j], np.ravel(iv["a"]))
     assert np.isnan(point[2]) and np.isnan(ci[:, 2]).all()
@@ -75,14 +77,36 @@ def _sweep_rows(name: str = "syn", seeds: int = 8) -> list[dict]:
             scale = 1.0 if env == "Breakout-MinAtar" else 40.0  # returns differ in scale
             for opt, mu in MEANS.items():
                 for seed in range(seeds):
-                    rows.append(dict(row_type="evaluation", stage="sweep", sweep=name,
-                                     run_id=name, axis="hidden_size", axis_value=value,
-                                     hidden_size=int(value), optimizer=opt, env=env, seed=seed,
-                                     status="ok", final_return=scale * (mu + rng.normal()),
-                                     auc=scale * mu / 2, return_curve=[0.0, 1.0]))
-    rows.append(dict(row_type="event", event="created", sweep=name, run_id=name, optimizer="mid",
-                     code="def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key):\n"
-                          "    return g, var1, var2\n", idea="plain <gradient> & friends"))
+                    rows.append(
+                        dict(
+                            row_type="evaluation",
+                            stage="sweep",
+                            sweep=name,
+                            run_id=name,
+                            axis="hidden_size",
+                            axis_value=value,
+                            hidden_size=int(value),
+                            optimizer=opt,
+                            env=env,
+                            seed=seed,
+                            status="ok",
+                            final_return=scale * (mu + rng.normal()),
+                            auc=scale * mu / 2,
+                            return_curve=[0.0, 1.0],
+                        )
+                    )
+    rows.append(
+        dict(
+            row_type="event",
+            event="created",
+            sweep=name,
+            run_id=name,
+            optimizer="mid",
+            code="def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key):\n"
+            "    return g, var1, var2\n",
+            idea="plain <gradient> & friends",
+        )
+    )
     return rows
 
 
@@ -121,8 +145,13 @@ def test_probability_of_improvement(sweep_dir: Path) -> None:
     assert (overall[overall["x"] == "good"]["poi"] > 0.5).all()
     assert (overall[overall["x"] == "bad"]["poi"] < 0.5).all()
     assert overall["ci_low"].notna().all() and (overall["ci_low"] <= overall["poi"]).all()
-    m = lambda o: scores[(scores.optimizer == o) & (scores.axis_value == "16")].pivot(  # noqa: E731
-        index="seed", columns="env", values="value").to_numpy()
+    m = lambda o: (
+        scores[(scores.optimizer == o) & (scores.axis_value == "16")]
+        .pivot(  # noqa: E731
+            index="seed", columns="env", values="value"
+        )
+        .to_numpy()
+    )
     first = overall[(overall.x == "good") & (overall.axis_value == "16")]["poi"].iat[0]
     assert first == pytest.approx(metrics.probability_of_improvement(m("good"), m("bad")))
     with pytest.raises(ValueError, match="pair"):
@@ -144,42 +173,123 @@ ENVS = ["Asterix-MinAtar", "Breakout-MinAtar"]
 CODE = "def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key):\n    return {x}, var1, var2\n"
 
 
-def _discovery_rows(run_id: str, meta_seed: int, order_scores: list[tuple[str, str | None, float]],
-                    ref_score: float) -> list[list[dict]]:
+def _discovery_rows(
+    run_id: str, meta_seed: int, order_scores: list[tuple[str, str | None, float]], ref_score: float
+) -> list[list[dict]]:
     """Batches (one part file each) of a run evaluating candidates in the given order."""
     batches = []
     for cid, parent, score in order_scores:
         init = cid.startswith("init-")
-        created = dict(row_type="event", event="created", run_id=run_id, meta_seed=meta_seed,
-                       candidate_id=cid, parent_id=parent, optimizer=cid,
-                       mutator="library" if init else "offline", code=CODE.format(x=f"g*{score}"),
-                       idea=None if init else f"idea of {cid}")
-        evals = [dict(row_type="evaluation", stage="full", run_id=run_id, meta_seed=meta_seed,
-                      candidate_id=cid, env=env, seed=s, status="ok",
-                      final_return=score + (0.01 * s), return_curve=[1.0] * 50)
-                 for env in ENVS for s in range(2)]
-        done = dict(row_type="event", event="evaluated", run_id=run_id, meta_seed=meta_seed,
-                    candidate_id=cid, final_return=score)
+        created = dict(
+            row_type="event",
+            event="created",
+            run_id=run_id,
+            meta_seed=meta_seed,
+            candidate_id=cid,
+            parent_id=parent,
+            optimizer=cid,
+            mutator="library" if init else "offline",
+            code=CODE.format(x=f"g*{score}"),
+            idea=None if init else f"idea of {cid}",
+        )
+        evals = [
+            dict(
+                row_type="evaluation",
+                stage="full",
+                run_id=run_id,
+                meta_seed=meta_seed,
+                candidate_id=cid,
+                env=env,
+                seed=s,
+                status="ok",
+                final_return=score + (0.01 * s),
+                return_curve=[1.0] * 50,
+            )
+            for env in ENVS
+            for s in range(2)
+        ]
+        done = dict(
+            row_type="event",
+            event="evaluated",
+            run_id=run_id,
+            meta_seed=meta_seed,
+            candidate_id=cid,
+            final_return=score,
+        )
         batches += [[created], evals, [done]]
     # a duplicate and a screened-out candidate: never population members
-    batches.append([dict(row_type="event", event="created", run_id=run_id, meta_seed=meta_seed,
-                         candidate_id="i0-g9-s1", parent_id="i0-g1-s1", mutator="offline",
-                         code=CODE.format(x="g")),
-                    dict(row_type="event", event="duplicate", run_id=run_id, meta_seed=meta_seed,
-                         candidate_id="i0-g9-s1", ref_candidate_id="i0-g1-s1")])
-    batches.append([dict(row_type="event", event="created", run_id=run_id, meta_seed=meta_seed,
-                         candidate_id="ref-adam", optimizer="adam", mutator="reference", code="")]
-                   + [dict(row_type="evaluation", stage="full", run_id=run_id, meta_seed=meta_seed,
-                           candidate_id="ref-adam", env=env, seed=s, status="ok",
-                           final_return=ref_score) for env in ENVS for s in range(2)]
-                   + [dict(row_type="event", event="evaluated", run_id=run_id,
-                           meta_seed=meta_seed, candidate_id="ref-adam")])
+    batches.append(
+        [
+            dict(
+                row_type="event",
+                event="created",
+                run_id=run_id,
+                meta_seed=meta_seed,
+                candidate_id="i0-g9-s1",
+                parent_id="i0-g1-s1",
+                mutator="offline",
+                code=CODE.format(x="g"),
+            ),
+            dict(
+                row_type="event",
+                event="duplicate",
+                run_id=run_id,
+                meta_seed=meta_seed,
+                candidate_id="i0-g9-s1",
+                ref_candidate_id="i0-g1-s1",
+            ),
+        ]
+    )
+    batches.append(
+        [
+            dict(
+                row_type="event",
+                event="created",
+                run_id=run_id,
+                meta_seed=meta_seed,
+                candidate_id="ref-adam",
+                optimizer="adam",
+                mutator="reference",
+                code="",
+            )
+        ]
+        + [
+            dict(
+                row_type="evaluation",
+                stage="full",
+                run_id=run_id,
+                meta_seed=meta_seed,
+                candidate_id="ref-adam",
+                env=env,
+                seed=s,
+                status="ok",
+                final_return=ref_score,
+            )
+            for env in ENVS
+            for s in range(2)
+        ]
+        + [
+            dict(
+                row_type="event",
+                event="evaluated",
+                run_id=run_id,
+                meta_seed=meta_seed,
+                candidate_id="ref-adam",
+            )
+        ]
+    )
     return batches
 
 
 #: (candidate, parent, score) in evaluation order; higher score = better on both envs
-MS0 = [("init-a", None, 1.0), ("init-b", None, 3.0), ("i0-g1-s1", "init-a", 2.0),
-       ("i0-g1-s2", "i0-g1-s1", 5.0), ("i0-g2-s1", "init-b", 4.0), ("i0-g3-s1", "i0-g1-s2", 6.0)]
+MS0 = [
+    ("init-a", None, 1.0),
+    ("init-b", None, 3.0),
+    ("i0-g1-s1", "init-a", 2.0),
+    ("i0-g1-s2", "i0-g1-s1", 5.0),
+    ("i0-g2-s1", "init-b", 4.0),
+    ("i0-g3-s1", "i0-g1-s2", 6.0),
+]
 MS1 = [("init-a", None, 1.0), ("i0-g1-s1", "init-a", 7.0), ("i0-g1-s2", "i0-g1-s1", 0.5)]
 
 
@@ -188,7 +298,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("run")
     w = JournalWriter(d)
     for batch in _discovery_rows("syn-ms0", 0, MS0, ref_score=4.5) + _discovery_rows(
-            "syn-ms1", 1, MS1, ref_score=0.75):
+        "syn-ms1", 1, MS1, ref_score=0.75
+    ):
         w.write(batch)
     (d / "config.yaml").write_text(json.dumps({"name": "syn", "envs": ENVS}))
     return d
@@ -201,8 +312,14 @@ def test_population_ranks_curve_and_references(run_dir: Path) -> None:
     assert (p0.run_id, p1.run_id) == ("syn-ms0", "syn-ms1")
     assert p0.order == [c for c, _, _ in MS0]  # evaluation order; no duplicate, no reference
     ranks = p0.ranks()
-    assert ranks == {"init-a": 6.0, "init-b": 4.0, "i0-g1-s1": 5.0, "i0-g1-s2": 2.0,
-                     "i0-g2-s1": 3.0, "i0-g3-s1": 1.0}
+    assert ranks == {
+        "init-a": 6.0,
+        "init-b": 4.0,
+        "i0-g1-s1": 5.0,
+        "i0-g1-s2": 2.0,
+        "i0-g2-s1": 3.0,
+        "i0-g3-s1": 1.0,
+    }
     curve = p0.curve()
     best = [pt["best_rank"] for pt in curve]
     assert best == [6.0, 4.0, 4.0, 2.0, 2.0, 1.0]
@@ -256,8 +373,9 @@ def test_report_renders_with_every_image(run_dir: Path, sweep_dir: Path, tmp_pat
     from rayopt.analysis.report import AnalysisOptions, analyze
 
     out = tmp_path / "analysis"
-    res = analyze([run_dir, sweep_dir], out, AnalysisOptions(reps=REPS, profile_reps=20, top=2),
-                  echo=False)
+    res = analyze(
+        [run_dir, sweep_dir], out, AnalysisOptions(reps=REPS, profile_reps=20, top=2), echo=False
+    )
     text = res.report.read_text()
     parser = _Refs()
     parser.feed(text)
@@ -282,13 +400,31 @@ def test_report_renders_with_every_image(run_dir: Path, sweep_dir: Path, tmp_pat
     assert (out / "tables" / "iqm.md").read_text().startswith("| sweep |")
 
 
-def test_cli_analyze(run_dir: Path, sweep_dir: Path, tmp_path: Path,
-                     capsys: pytest.CaptureFixture) -> None:
+def test_cli_analyze(
+    run_dir: Path, sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from rayopt.cli import main
 
     out = tmp_path / "a"
-    assert main(["analyze", str(run_dir), str(sweep_dir), "--out", str(out), "--no-plots",
-                 "--reps", "100", "--pairs", "good:bad", "--poi-reps", "20"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(run_dir),
+                str(sweep_dir),
+                "--out",
+                str(out),
+                "--no-plots",
+                "--reps",
+                "100",
+                "--pairs",
+                "good:bad",
+                "--poi-reps",
+                "20",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "IQM" in printed and "good" in printed and "ref-adam" in printed
     poi = pd.read_csv(out / "tables" / "poi.csv")

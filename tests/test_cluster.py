@@ -35,10 +35,15 @@ from tests.test_discovery import check_exactly_once
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
 # Node deaths are noticed in ~1 s instead of ~15 s (GCS health checks).
-FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
-               "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
-HEAD = dict(num_cpus=0, include_dashboard=False, object_store_memory=100 * MiB,
-            _system_config=FAST_HEALTH)
+FAST_HEALTH = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 300,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
+HEAD = dict(
+    num_cpus=0, include_dashboard=False, object_store_memory=100 * MiB, _system_config=FAST_HEALTH
+)
 WORKER = dict(num_cpus=1, resources={"evaluator": 1}, object_store_memory=100 * MiB)
 LABELLED = {"evaluator.resources": {"evaluator": 1}}
 
@@ -51,17 +56,26 @@ def _yaml_docs(path: Path) -> list[dict]:
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
 def test_launcher_configs(name):
     (cfg,) = _yaml_docs(ROOT / "cluster" / name)
-    for key in ("cluster_name", "max_workers", "provider", "available_node_types", "head_node_type",
-                "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    ):
         assert key in cfg, f"{name}: {key} missing"
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types
     head = types[cfg["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0 and "evaluator" not in head["resources"]
     gpu = [t for n, t in types.items() if n != cfg["head_node_type"]]
-    assert gpu and all(t["resources"]["GPU"] >= 1
-                       and t["resources"]["evaluator"] == t["resources"]["GPU"]
-                       for t in gpu), "GPU workers offer one evaluator slot per GPU"
+    assert gpu and all(
+        t["resources"]["GPU"] >= 1 and t["resources"]["evaluator"] == t["resources"]["GPU"]
+        for t in gpu
+    ), "GPU workers offer one evaluator slot per GPU"
     for t in types.values():
         assert {"node_config", "resources", "min_workers", "max_workers"} <= set(t)
         assert 0 <= t["min_workers"] <= t["max_workers"] <= cfg["max_workers"]
@@ -83,8 +97,9 @@ def test_kuberay_manifests(tmp_path):
         head = spec["headGroupSpec"]
         assert head["rayStartParams"].get("num-cpus") == "0", f"{what}: head runs no evaluator"
         head_env = head["template"]["spec"]["containers"][0]["env"]
-        assert any(e.get("valueFrom", {}).get("secretKeyRef") for e in head_env), \
+        assert any(e.get("valueFrom", {}).get("secretKeyRef") for e in head_env), (
             f"{what}: API keys come from a Secret as env"
+        )
         (group,) = spec["workerGroupSpecs"]
         container = group["template"]["spec"]["containers"][0]
         gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
@@ -181,12 +196,16 @@ def test_placement_evaluators_on_workers_islands_on_driver_node(cluster):
     fleet = start_evaluators(tiny_discovery(**LABELLED))
     try:
         assert len(fleet) == 2 and fleet.placement_group is None  # one per evaluator slot
-        islands = [IslandActor.options(**control_options()).remote(0, i, ["CartPole-v1"])
-                   for i in range(3)]
+        islands = [
+            IslandActor.options(**control_options()).remote(0, i, ["CartPole-v1"]) for i in range(3)
+        ]
         mutator = MutatorActor.options(**control_options()).remote("offline", {})
         where = ray.get([i.node.remote() for i in islands])
-        where.append(ray.get(mutator.__ray_call__.remote(
-            lambda self: ray.get_runtime_context().get_node_id())))
+        where.append(
+            ray.get(
+                mutator.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+            )
+        )
         assert set(where) == {head}
         nodes = [info["node"] for info in ray.get([a.info.remote() for a in fleet], timeout=120)]
         assert set(nodes) == _workers(cluster), "one evaluator on each labelled worker"
@@ -223,16 +242,22 @@ def test_placement_group_strategies(cluster):
     _wait_resources("evaluator", 2)
     # three evaluators on distinct nodes do not fit on two: a clear error, nothing held
     with pytest.raises(RuntimeError, match="not placed within 2 s"):
-        start_evaluators(tiny_discovery(**LABELLED, **strict, **{
-            "evaluator.count": 3, "evaluator.placement_timeout_s": 2}))
+        start_evaluators(
+            tiny_discovery(
+                **LABELLED, **strict, **{"evaluator.count": 3, "evaluator.placement_timeout_s": 2}
+            )
+        )
     _wait_resources("evaluator", 2)
     with pytest.raises(RuntimeError, match="no evaluator fits"):
         start_evaluators(tiny_discovery(**{"evaluator.resources": {"tpu_pod": 1}}))
 
 
 def _actors(c, cls: str, skip_job: str) -> list[dict]:
-    return [a for a in c.global_state.actor_table(None).values()
-            if a["ActorClassName"] == cls and a["JobID"] != skip_job]
+    return [
+        a
+        for a in c.global_state.actor_table(None).values()
+        if a["ActorClassName"] == cls and a["JobID"] != skip_job
+    ]
 
 
 def test_cli_attaches_and_survives_losing_a_worker_node(cluster, tmp_path):
@@ -246,10 +271,24 @@ def test_cli_attaches_and_survives_losing_a_worker_node(cluster, tmp_path):
     run_dir = tmp_path / "run"
     victim, survivor = sorted(cluster.worker_nodes, key=lambda n: n.node_id)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rayopt", "discover", "--config", str(path),
-         "--run-dir", str(run_dir), "--address", "auto"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "rayopt",
+            "discover",
+            "--config",
+            str(path),
+            "--run-dir",
+            str(run_dir),
+            "--address",
+            "auto",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         removed_at = None
         deadline = time.time() + 240
@@ -327,12 +366,17 @@ def test_ray_client_driver(cluster):
     asyncio calls, evaluator placement and the control plane on the head all work."""
     port = cluster.head_node._ray_params.ray_client_server_port
     address = f"ray://{cluster.head_node.node_ip_address}:{port}"
-    proc = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT, address], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    got = json.loads(line[len("RESULT "):])
+    got = json.loads(line[len("RESULT ") :])
     head = cluster.head_node.node_id
     assert got["client"] and got["driver"] == head and got["island"] == head
     assert got["evaluators"] == 2 and got["ok"] and got["node"] in _workers(cluster)

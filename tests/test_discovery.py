@@ -39,18 +39,27 @@ def check_exactly_once(df, config) -> None:
         assert set(verdicts) == set(created), f"{run_id}: candidates without a verdict"
         assert max(verdicts.values()) == 1, f"{run_id}: a candidate judged twice"
         for event in ("generation_start", "generation_end"):
-            gens = Counter(zip(run[run.event == event].island, run[run.event == event].generation))
-            expected = {(i, g) for i in range(config.islands.count) for g in range(1, config.search.generations + 1)}
+            gens = Counter(
+                zip(run[run.event == event].island, run[run.event == event].generation, strict=True)
+            )
+            expected = {
+                (i, g)
+                for i in range(config.islands.count)
+                for g in range(1, config.search.generations + 1)
+            }
             assert set(gens) == expected and set(gens.values()) == {1}, f"{run_id}: {event} {gens}"
         evaluated = set(run[run.event == "evaluated"].candidate_id)
         full = df[(df.run_id == run_id) & (df.row_type == "evaluation") & (df.stage == "full")]
-        per = Counter(zip(full.candidate_id, full.env, full.seed))
+        per = Counter(zip(full.candidate_id, full.env, full.seed, strict=True))
         assert max(per.values()) == 1, f"{run_id}: an evaluation row written twice"
         for cid in evaluated:
             rows = full[full.candidate_id == cid]
             assert len(rows) == len(config.envs) * config.seeds, cid
         screens = df[(df.run_id == run_id) & (df.stage == "screen")]
-        assert max(Counter(zip(screens.candidate_id, screens.seed)).values(), default=1) == 1
+        assert (
+            max(Counter(zip(screens.candidate_id, screens.seed, strict=True)).values(), default=1)
+            == 1
+        )
 
 
 def test_tiny_discovery_two_meta_seeds(evaluator_pool, tmp_path):
@@ -66,8 +75,13 @@ def test_tiny_discovery_two_meta_seeds(evaluator_pool, tmp_path):
     for ms in (0, 1):
         run = df[df.meta_seed == ms]
         ev = run[run.event == "evaluated"]
-        assert {"init-sign_update", "init-relative_update", "init-gradient_step",
-                "init-clipped_update", "ref-adam"} <= set(ev.candidate_id)
+        assert {
+            "init-sign_update",
+            "init-relative_update",
+            "init-gradient_step",
+            "init-clipped_update",
+            "ref-adam",
+        } <= set(ev.candidate_id)
         migrated = run[run.event == "migrated"]
         assert len(migrated) >= 1 and (migrated.dest_island != migrated.island).all()
         mutated = run[(run.event == "created") & run.candidate_id.str.match(r"i\d-g\d-s\d")]
@@ -80,8 +94,9 @@ def test_tiny_discovery_two_meta_seeds(evaluator_pool, tmp_path):
     assert full.return_curve.map(len).eq(4).all()  # 256 steps / (4 envs x 16 steps)
     assert full.final_return.notna().all() and (full.total_timesteps == 256).all()
     # readable by other tools at any moment: a plain pyarrow dataset over the directory
-    n = read(tmp_path / "run", columns=["candidate_id"],
-             filter=pc.field("row_type") == "evaluation").num_rows
+    n = read(
+        tmp_path / "run", columns=["candidate_id"], filter=pc.field("row_type") == "evaluation"
+    ).num_rows
     assert n == int((df.row_type == "evaluation").sum())
 
 
@@ -90,12 +105,18 @@ def _discover(*args: str) -> list[str]:
 
 
 def test_kill_driver_then_resume_exactly_once(ray_local, tmp_path):
-    config = tiny_discovery(**{"search.generations": 2, "search.refinements": 2, "address": ray_local})
+    config = tiny_discovery(
+        **{"search.generations": 2, "search.refinements": 2, "address": ray_local}
+    )
     path = tmp_path / "config.yaml"
     path.write_text(dump(config))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_discover("--config", str(path), "--run-dir", str(run_dir)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _discover("--config", str(path), "--run-dir", str(run_dir)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 400
     killed_after = None
     while time.time() < deadline and proc.poll() is None:
@@ -110,12 +131,15 @@ def test_kill_driver_then_resume_exactly_once(ray_local, tmp_path):
             proc.wait()
             killed_after = len(done)
             break
-    assert killed_after is not None, f"the run ended or stalled before the kill: {proc.stderr.read()[-2000:]}"
+    assert killed_after is not None, (
+        f"the run ended or stalled before the kill: {proc.stderr.read()[-2000:]}"
+    )
     before = read(run_dir).to_pandas()
     assert (before.event == "generation_end").sum() < 4, "killed too late to test resume"
 
-    resumed = subprocess.run(_discover("--resume", str(run_dir)), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(
+        _discover("--resume", str(run_dir)), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read(run_dir).to_pandas()
     check_exactly_once(after, config)
@@ -126,8 +150,9 @@ def test_kill_driver_then_resume_exactly_once(ray_local, tmp_path):
 
 
 def _task(total_timesteps: int) -> EvalTask:
-    cfg = config_for("CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2,
-                     total_timesteps=total_timesteps)
+    cfg = config_for(
+        "CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2, total_timesteps=total_timesteps
+    )
     return EvalTask("t", resolve("adam"), cfg, (0,), fast_compile=True)
 
 

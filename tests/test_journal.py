@@ -12,8 +12,18 @@ from rayopt.results.schema import SCHEMA
 
 
 def _rows(n: int, start: int = 0) -> list[dict]:
-    return [dict(row_type="evaluation", run_id="r", candidate_id=f"c{i}", env="e", seed=i,
-                 final_return=float(i), return_curve=[0.0, float(i)]) for i in range(start, start + n)]
+    return [
+        dict(
+            row_type="evaluation",
+            run_id="r",
+            candidate_id=f"c{i}",
+            env="e",
+            seed=i,
+            final_return=float(i),
+            return_curve=[0.0, float(i)],
+        )
+        for i in range(start, start + n)
+    ]
 
 
 def test_parts_are_schema_files_and_unknown_columns_are_refused(tmp_path):

@@ -17,11 +17,11 @@ from rayopt.search.driver import Discovery
 
 GOOD = "Multiply the update by (1 - t_p) to anneal it over training."
 BAD = "Import os and read a file for extra information."
-GOOD_CODE = '''def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key):
+GOOD_CODE = """def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key):
     # anneal with training progress
     update = g * (1 - t_p) * (1 + jnp.log(1 + d))
     return update, var1, var2
-'''
+"""
 FORBIDDEN_CODE = "import os\n" + GOOD_CODE
 
 
@@ -46,12 +46,16 @@ class Script:
                 if n == 1:
                     return openai_completion("I think we should... (no JSON here)")
                 idea = next(self.ideas)
-                return openai_completion(json.dumps({"thought": f"thought {n}", "suggestion": idea}))
+                return openai_completion(
+                    json.dumps({"thought": f"thought {n}", "suggestion": idea})
+                )
             user = body["messages"][1]["content"]
             if BAD in user:
                 return openai_completion(json.dumps({"code": FORBIDDEN_CODE}))
             if len(body["messages"]) == 2:  # first attempt at this idea: a syntax error
-                return openai_completion(json.dumps({"code": GOOD_CODE.replace("(1 - t_p)", "(1 - t_p")}))
+                return openai_completion(
+                    json.dumps({"code": GOOD_CODE.replace("(1 - t_p)", "(1 - t_p")})
+                )
             return openai_completion(json.dumps({"code": GOOD_CODE}))
 
 
@@ -62,14 +66,27 @@ def _role(body: dict) -> str:
 
 def test_llm_discovery_journals_ideas_retries_and_failures(evaluator_pool, tmp_path):
     with FakeLLMServer(responder=Script()) as server:
-        role = dict(provider="openai_compatible", base_url=server.url + "/v1", model="fake-model",
-                    api_key_env=E2E_KEY_ENV, timeout_s=10)
-        config = tiny_discovery(**{
-            "search.refinements": 1,
-            "mutator.kind": "llm",
-            "mutator.llm": dict(thinker=role, coder=role, max_retries=2, backoff_base_s=0.01,
-                                backoff_max_s=0.05, price_table={"fake-model": {"input": 1.0, "output": 2.0}}),
-        })
+        role = dict(
+            provider="openai_compatible",
+            base_url=server.url + "/v1",
+            model="fake-model",
+            api_key_env=E2E_KEY_ENV,
+            timeout_s=10,
+        )
+        config = tiny_discovery(
+            **{
+                "search.refinements": 1,
+                "mutator.kind": "llm",
+                "mutator.llm": dict(
+                    thinker=role,
+                    coder=role,
+                    max_retries=2,
+                    backoff_base_s=0.01,
+                    backoff_max_s=0.05,
+                    price_table={"fake-model": {"input": 1.0, "output": 2.0}},
+                ),
+            }
+        )
         d = Discovery.create(config, tmp_path / "run", evaluator_pool=evaluator_pool)
         asyncio.run(d.run())
         requests = list(server.requests)

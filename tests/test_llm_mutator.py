@@ -57,10 +57,22 @@ BAD_SYNTAX = NEW_CODE.replace("var1 = var1 * t_p", "var1 = var1 * * t_p")
 ENVS = ("Asterix-MinAtar", "Breakout-MinAtar")
 
 
-def scored(cid: str, code: str, fit: tuple[float, float], auc: tuple[float, float],
-           idea: str | None = None, curves: dict | None = None) -> Scored:
-    return Scored(cid, code, dict(zip(ENVS, fit, strict=True)), dict(zip(ENVS, auc, strict=True)),
-                  idea, curves)
+def scored(
+    cid: str,
+    code: str,
+    fit: tuple[float, float],
+    auc: tuple[float, float],
+    idea: str | None = None,
+    curves: dict | None = None,
+) -> Scored:
+    return Scored(
+        cid,
+        code,
+        dict(zip(ENVS, fit, strict=True)),
+        dict(zip(ENVS, auc, strict=True)),
+        idea,
+        curves,
+    )
 
 
 def request(history: tuple[Scored, ...] = (), curves: dict | None = None) -> MutationRequest:
@@ -87,8 +99,11 @@ def config(server: FakeLLMServer, provider: str = "openai", **overrides) -> LLMC
     elif provider == "openai":
         role = {"provider": "openai", "model": GPT, "base_url": server.url + "/v1"}
     else:
-        role = {"provider": "openai_compatible", "model": "qwen2.5-coder",
-                "base_url": server.url + "/compat/v1"}
+        role = {
+            "provider": "openai_compatible",
+            "model": "qwen2.5-coder",
+            "base_url": server.url + "/compat/v1",
+        }
     if provider != "openai_compatible":
         role["api_key_env"] = KEY_ENV
     role["timeout_s"] = overrides.pop("timeout_s", 5.0)
@@ -140,7 +155,9 @@ def test_happy_path_openai():
     assert result.code == NEW_CODE
     assert (result.idea, result.thought) == (IDEA, THOUGHT)
     assert [(c.role, c.attempt, c.retry, c.ok) for c in result.calls] == [
-        ("thinker", 1, 0, True), ("coder", 1, 0, True)]
+        ("thinker", 1, 0, True),
+        ("coder", 1, 0, True),
+    ]
     for c in result.calls:
         assert (c.provider, c.model, c.tokens_in, c.tokens_out) == ("openai", GPT, 1000, 200)
         assert c.cost_usd == pytest.approx(GPT_CALL_USD) and c.priced
@@ -189,8 +206,10 @@ def test_happy_path_anthropic():
     thinker, coder = s.requests
     assert thinker.path == "/v1/messages"
     # anthropic SDK 2.x authenticates with a bearer token (older ones: x-api-key)
-    assert thinker.headers.get("authorization") == f"Bearer {KEY}" or thinker.headers.get(
-        "x-api-key") == KEY
+    assert (
+        thinker.headers.get("authorization") == f"Bearer {KEY}"
+        or thinker.headers.get("x-api-key") == KEY
+    )
     tb = thinker.json
     assert tb["system"].startswith("You are an AI researcher")
     assert tb["max_tokens"] == 4096 and tb["model"] == CLAUDE
@@ -201,8 +220,12 @@ def test_happy_path_anthropic():
 
 
 def test_openai_compatible_base_url_without_key():
-    with FakeLLMServer([openai_completion(thinker_json(), model="qwen2.5-coder"),
-                        openai_completion(coder_json(), model="qwen2.5-coder")]) as s:
+    with FakeLLMServer(
+        [
+            openai_completion(thinker_json(), model="qwen2.5-coder"),
+            openai_completion(coder_json(), model="qwen2.5-coder"),
+        ]
+    ) as s:
         result = run(propose(config(s, "openai_compatible"), validate=strict_validator))
 
     assert result.ok, result.error
@@ -218,8 +241,13 @@ def test_openai_compatible_base_url_without_key():
 
 
 def test_rate_limit_honours_retry_after_seconds():
-    with FakeLLMServer([openai_rate_limited(retry_after="1"), openai_completion(thinker_json()),
-                        openai_completion(coder_json())]) as s:
+    with FakeLLMServer(
+        [
+            openai_rate_limited(retry_after="1"),
+            openai_completion(thinker_json()),
+            openai_completion(coder_json()),
+        ]
+    ) as s:
         result = run(propose(config(s), validate=strict_validator))
 
     assert result.ok, result.error
@@ -232,8 +260,12 @@ def test_rate_limit_honours_retry_after_seconds():
 
 def test_rate_limit_honours_retry_after_ms_and_overload_anthropic():
     replies = [
-        anthropic_error(429, "rate_limit_error", "Number of request tokens has exceeded your "
-                        "per-minute rate limit", headers={"retry-after-ms": "300"}),
+        anthropic_error(
+            429,
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+            headers={"retry-after-ms": "300"},
+        ),
         anthropic_error(529, "overloaded_error", "Overloaded"),
         anthropic_message(thinker_json()),
         anthropic_message(coder_json()),
@@ -249,10 +281,13 @@ def test_rate_limit_honours_retry_after_ms_and_overload_anthropic():
 
 
 def test_server_errors_back_off_exponentially():
-    replies = [openai_error(500, "The server had an error", type_="server_error"),
-               openai_error(503, "Service unavailable", type_="server_error"),
-               openai_error(502, "Bad gateway", type_="server_error"),
-               openai_completion(thinker_json()), openai_completion(coder_json())]
+    replies = [
+        openai_error(500, "The server had an error", type_="server_error"),
+        openai_error(503, "Service unavailable", type_="server_error"),
+        openai_error(502, "Bad gateway", type_="server_error"),
+        openai_completion(thinker_json()),
+        openai_completion(coder_json()),
+    ]
     with FakeLLMServer(replies) as s:
         cfg = config(s, backoff_base_s=0.1, backoff_max_s=1.0)
         result = run(propose(cfg, validate=strict_validator))
@@ -288,14 +323,19 @@ def test_transport_failures_exhaust_retries_then_attempts():
     assert "thinker gave no usable idea in 2 attempts" in result.error
     assert "gave up after 1 retries" in result.error
     assert [(c.attempt, c.retry, c.ok) for c in result.calls] == [
-        (1, 0, False), (1, 1, False), (2, 0, False), (2, 1, False)]
+        (1, 0, False),
+        (1, 1, False),
+        (2, 0, False),
+        (2, 1, False),
+    ]
     assert len(s.requests) == 4
 
 
 def test_auth_error_is_fatal_and_the_key_is_scrubbed():
     # A server that echoes the key back in its error must not leak it into records.
-    with FakeLLMServer([openai_error(401, f"Incorrect API key provided: {KEY}.",
-                                     code="invalid_api_key")]) as s:
+    with FakeLLMServer(
+        [openai_error(401, f"Incorrect API key provided: {KEY}.", code="invalid_api_key")]
+    ) as s:
         result = run(propose(config(s), validate=strict_validator))
 
     assert not result.ok and len(s.requests) == 1  # no retry of a 401
@@ -349,8 +389,9 @@ THINKER_UNUSABLE = {
 
 @pytest.mark.parametrize("bad", THINKER_UNUSABLE.values(), ids=THINKER_UNUSABLE.keys())
 def test_thinker_unusable_reply_is_retried(bad):
-    with FakeLLMServer([bad, openai_completion(thinker_json()),
-                        openai_completion(coder_json())]) as s:
+    with FakeLLMServer(
+        [bad, openai_completion(thinker_json()), openai_completion(coder_json())]
+    ) as s:
         result = run(propose(config(s), validate=strict_validator))
     assert result.ok, result.error
     first = result.calls[0]
@@ -362,8 +403,11 @@ def test_thinker_unusable_reply_is_retried(bad):
 
 
 def test_anthropic_refusal_is_retried():
-    replies = [anthropic_message(None, stop_reason="refusal"), anthropic_message(thinker_json()),
-               anthropic_message(coder_json())]
+    replies = [
+        anthropic_message(None, stop_reason="refusal"),
+        anthropic_message(thinker_json()),
+        anthropic_message(coder_json()),
+    ]
     with FakeLLMServer(replies) as s:
         result = run(propose(config(s, "anthropic"), validate=strict_validator))
     assert result.ok, result.error
@@ -390,14 +434,20 @@ def test_coder_reply_is_recovered(reply):
     assert len(s.requests) == 2
 
 
-@pytest.mark.parametrize("bad,expect", [
-    (BAD_SIGNATURE, "signature error"),
-    (BAD_SYNTAX, "syntax error at line 4"),
-    (CURRENT, "identical to the current optimizer"),
-])
+@pytest.mark.parametrize(
+    "bad,expect",
+    [
+        (BAD_SIGNATURE, "signature error"),
+        (BAD_SYNTAX, "syntax error at line 4"),
+        (CURRENT, "identical to the current optimizer"),
+    ],
+)
 def test_invalid_code_is_fed_back_then_fixed(bad, expect):
-    replies = [openai_completion(thinker_json()), openai_completion(coder_json(bad)),
-               openai_completion(coder_json())]
+    replies = [
+        openai_completion(thinker_json()),
+        openai_completion(coder_json(bad)),
+        openai_completion(coder_json()),
+    ]
     with FakeLLMServer(replies) as s:
         result = run(propose(config(s), validate=strict_validator))
 
@@ -416,8 +466,11 @@ def test_invalid_code_is_fed_back_then_fixed(bad, expect):
 
 
 def test_unparseable_coder_reply_is_fed_back():
-    replies = [openai_completion(thinker_json()), openai_completion("Sorry, I cannot do that."),
-               openai_completion(coder_json())]
+    replies = [
+        openai_completion(thinker_json()),
+        openai_completion("Sorry, I cannot do that."),
+        openai_completion(coder_json()),
+    ]
     with FakeLLMServer(replies) as s:
         result = run(propose(config(s), validate=strict_validator))
     assert result.ok
@@ -426,7 +479,8 @@ def test_unparseable_coder_reply_is_fed_back():
 
 def test_exhausting_coder_attempts_returns_every_call():
     replies = [openai_completion(thinker_json())] + [
-        openai_completion(coder_json(BAD_SYNTAX)) for _ in range(3)]
+        openai_completion(coder_json(BAD_SYNTAX)) for _ in range(3)
+    ]
     with FakeLLMServer(replies) as s:
         result = run(propose(config(s), validate=strict_validator))
 
@@ -434,7 +488,11 @@ def test_exhausting_coder_attempts_returns_every_call():
     assert result.idea == IDEA  # the idea survives for the journal
     assert "coder gave no valid code in 3 attempts" in result.error
     assert [(c.role, c.attempt, c.ok) for c in result.calls] == [
-        ("thinker", 1, True), ("coder", 1, False), ("coder", 2, False), ("coder", 3, False)]
+        ("thinker", 1, True),
+        ("coder", 1, False),
+        ("coder", 2, False),
+        ("coder", 3, False),
+    ]
     assert result.cost_usd == pytest.approx(4 * GPT_CALL_USD)
     assert len(s.requests[-1].turns()) == 5  # user, (assistant, user) x 2
 
@@ -463,8 +521,11 @@ def test_crashing_validator_rejects_code_without_raising():
 def test_default_validator_is_used_when_none_is_injected():
     """Exercises DefaultValidator end to end: rayopt.program.check when it exists, the
     static check before that. Both reject a syntax error and accept library code."""
-    replies = [openai_completion(thinker_json()), openai_completion(coder_json(BAD_SYNTAX)),
-               openai_completion(coder_json())]
+    replies = [
+        openai_completion(thinker_json()),
+        openai_completion(coder_json(BAD_SYNTAX)),
+        openai_completion(coder_json()),
+    ]
     with FakeLLMServer(replies) as s:
         result = run(propose(config(s, validate_dry_run=False)), limit=60)
     assert result.ok, result.error
@@ -492,8 +553,9 @@ def test_static_check_accepts_the_paper_library(name, code):
 def test_static_check_rejects():
     assert "syntax error" in static_check("def update_fn(:\n")
     assert "no top-level function" in static_check("def f(w):\n    return w\n")
-    assert "must return 3 values" in static_check(NEW_CODE.replace(
-        "return update, var1, var2", "return update, var1"))
+    assert "must return 3 values" in static_check(
+        NEW_CODE.replace("return update, var1, var2", "return update, var1")
+    )
 
 
 # ---------------------------------------------------------------- budget, concurrency
@@ -523,8 +585,9 @@ def test_budget_from_config_and_thread_safety():
     with FakeLLMServer([]) as s:
         assert LLMMutator(config(s, budget_usd=0.5)).budget.limit == 0.5
     b = Budget(None)
-    threads = [threading.Thread(target=lambda: [b.charge(0.001) for _ in range(1000)])
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: [b.charge(0.001) for _ in range(1000)]) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -561,12 +624,14 @@ def test_concurrency_limit_is_shared_per_provider():
 
 def test_api_key_never_in_records_results_or_logs(caplog):
     caplog.set_level(logging.DEBUG)  # every logger, the SDKs' included
-    replies = [openai_rate_limited(retry_after_ms="10"),
-               openai_error(500, "oops", type_="server_error"),
-               openai_completion("not json"),
-               openai_completion(thinker_json()),
-               openai_completion(coder_json(BAD_SYNTAX)),
-               openai_completion(coder_json())]
+    replies = [
+        openai_rate_limited(retry_after_ms="10"),
+        openai_error(500, "oops", type_="server_error"),
+        openai_completion("not json"),
+        openai_completion(thinker_json()),
+        openai_completion(coder_json(BAD_SYNTAX)),
+        openai_completion(coder_json()),
+    ]
     with FakeLLMServer(replies) as s:
         cfg = config(s)
         mutator = LLMMutator(cfg, validate=strict_validator)
@@ -581,10 +646,16 @@ def test_api_key_never_in_records_results_or_logs(caplog):
     assert result.ok
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in s.requests)
     assert len(caplog.records) > 0
-    everything = "\n".join([
-        repr(result), *map(repr, result.calls), caplog.text,
-        *(r.getMessage() for r in caplog.records), repr(mutator), repr(cfg.to_dict()),
-    ])
+    everything = "\n".join(
+        [
+            repr(result),
+            *map(repr, result.calls),
+            caplog.text,
+            *(r.getMessage() for r in caplog.records),
+            repr(mutator),
+            repr(cfg.to_dict()),
+        ]
+    )
     assert KEY not in everything
     assert KEY_ENV in repr(cfg.to_dict())  # the config names the variable, only
 
@@ -608,8 +679,9 @@ def test_thinker_prompt_has_history_and_optional_curves():
     assert len(values) == 20 and values[0].strip() == "0" and values[-1].strip() == "199"
 
     with FakeLLMServer([openai_completion(thinker_json()), openai_completion(coder_json())]) as s:
-        result = run(propose(config(s, include_curves=True, curve_points=5), req,
-                             validate=strict_validator))
+        result = run(
+            propose(config(s, include_curves=True, curve_points=5), req, validate=strict_validator)
+        )
     assert result.ok
     sent = s.requests[0].turns()[0]["content"]
     assert "Mean return over training (5 evenly spaced points" in sent
@@ -645,12 +717,13 @@ def test_system_prompts_are_app_c_without_pdf_artefacts():
 
 
 def test_prompt_override_by_path(tmp_path):
-    (tmp_path / "coder.txt").write_text("IDEA={idea}\nCODE={code}\nJSON please: {\"code\": ...}")
+    (tmp_path / "coder.txt").write_text('IDEA={idea}\nCODE={code}\nJSON please: {"code": ...}')
     with FakeLLMServer([openai_completion(thinker_json()), openai_completion(coder_json())]) as s:
         cfg = config(s, prompts={"coder_user": "coder.txt"})
         assert cfg.prompts.coder_user is not None
-        cfg = LLMConfig.from_dict({**cfg.to_dict(), "prompts": {"coder_user": "coder.txt"}},
-                                  base_dir=tmp_path)
+        cfg = LLMConfig.from_dict(
+            {**cfg.to_dict(), "prompts": {"coder_user": "coder.txt"}}, base_dir=tmp_path
+        )
         result = run(propose(cfg, validate=strict_validator))
     assert result.ok
     sent = s.requests[1].turns()[0]["content"]
@@ -677,22 +750,25 @@ def test_config_defaults_follow_table_2():
     assert RoleConfig.for_role("coder").temperature == 0.3
 
 
-@pytest.mark.parametrize("d,match", [
-    ({"max_retires": 3}, r"mutator: unknown key\(s\) 'max_retires'"),
-    ({"thinker": {"modle": "x"}}, r"mutator.thinker: unknown key\(s\) 'modle'"),
-    ({"max_retries": "3"}, r"mutator.max_retries: expected int, got str"),
-    ({"max_retries": True}, r"mutator.max_retries: expected int, got bool"),
-    ({"coder": {"temperature": "hot"}}, r"mutator.coder.temperature: expected float"),
-    ({"price_table": {"m": {"input": 1}}}, r"Price|input|output"),
-    ({"price_table": {"m": {"input": 1, "output": "x"}}}, r"price_table.m.output"),
-    ({"concurrency": {"openia": 2}}, r"unknown provider 'openia'"),
-    ({"kind": "ast"}, r"kind must be 'llm'"),
-    ({"thinker": {"provider": "anthropic", "temperature": 0.7}}, r"set temperature: null"),
-    ({"coder": {"provider": "openai_compatible"}}, r"needs base_url"),
-    ({"thinker": {"provider": "gemini"}}, r"provider must be one of"),
-    ({"max_coder_attempts": 0}, r"max_coder_attempts must be >= 1"),
-    ({"thinker": "gpt-4o"}, r"mutator.thinker: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "d,match",
+    [
+        ({"max_retires": 3}, r"mutator: unknown key\(s\) 'max_retires'"),
+        ({"thinker": {"modle": "x"}}, r"mutator.thinker: unknown key\(s\) 'modle'"),
+        ({"max_retries": "3"}, r"mutator.max_retries: expected int, got str"),
+        ({"max_retries": True}, r"mutator.max_retries: expected int, got bool"),
+        ({"coder": {"temperature": "hot"}}, r"mutator.coder.temperature: expected float"),
+        ({"price_table": {"m": {"input": 1}}}, r"Price|input|output"),
+        ({"price_table": {"m": {"input": 1, "output": "x"}}}, r"price_table.m.output"),
+        ({"concurrency": {"openia": 2}}, r"unknown provider 'openia'"),
+        ({"kind": "ast"}, r"kind must be 'llm'"),
+        ({"thinker": {"provider": "anthropic", "temperature": 0.7}}, r"set temperature: null"),
+        ({"coder": {"provider": "openai_compatible"}}, r"needs base_url"),
+        ({"thinker": {"provider": "gemini"}}, r"provider must be one of"),
+        ({"max_coder_attempts": 0}, r"max_coder_attempts must be >= 1"),
+        ({"thinker": "gpt-4o"}, r"mutator.thinker: expected a mapping"),
+    ],
+)
 def test_config_errors_are_clear(d, match):
     with pytest.raises((ConfigError, TypeError), match=match):
         LLMConfig.from_dict(d)
@@ -720,7 +796,7 @@ def test_example_configs_parse(name):
 def test_extract_json_object_rules():
     assert extract_json_object('x {"a": {"b": "}"}} y') == {"a": {"b": "}"}}
     assert extract_json_object('{"a": [1, 2,],}') == {"a": [1, 2]}
-    assert extract_json_object("{not json} then {\"a\": 1}") == {"a": 1}
+    assert extract_json_object('{not json} then {"a": 1}') == {"a": 1}
     assert extract_json_object("no braces") is None
     assert extract_json_object("[1, 2]") is None
     idea, err = parse_thinker('{"thought": "t"}')

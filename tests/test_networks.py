@@ -21,7 +21,7 @@ def test_activations_and_dormancy_by_hand():
     h2 = np.maximum(h1 @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"], 0)
     o = h2 @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
     np.testing.assert_allclose(out, o, rtol=1e-5, atol=1e-6)
-    for got, h in zip(acts, (h1, h2, o)):
+    for got, h in zip(acts, (h1, h2, o), strict=True):
         np.testing.assert_allclose(got, np.abs(h).mean(0), rtol=1e-5, atol=1e-6)
 
     # dormancy: a_i / sum_j a_j * N (OPEN), mean 1 over the layer

@@ -23,18 +23,24 @@ from rayopt.program import load_update_fn
 
 def _params():
     k = jax.random.split(jax.random.PRNGKey(0), 4)
-    net = lambda a, b: {"params": {  # noqa: E731
-        "Dense_0": {"kernel": jax.random.normal(a, (5, 3)), "bias": jnp.zeros(3)},
-        "Dense_1": {"kernel": jax.random.normal(b, (3, 2)), "bias": jnp.ones(2)},
-    }}
+    net = lambda a, b: {
+        "params": {  # noqa: E731
+            "Dense_0": {"kernel": jax.random.normal(a, (5, 3)), "bias": jnp.zeros(3)},
+            "Dense_1": {"kernel": jax.random.normal(b, (3, 2)), "bias": jnp.ones(2)},
+        }
+    }
     return {"actor": net(k[0], k[1]), "critic": net(k[2], k[3])}
 
 
 def _ctx(params, key=0, t_p=0.25, b_p=0.5):
     def per_layer(value_fn):
         return {
-            n: {"params": {layer: {leaf: value_fn(layer, v[leaf]) for leaf in v}
-                           for layer, v in params[n]["params"].items()}}
+            n: {
+                "params": {
+                    layer: {leaf: value_fn(layer, v[leaf]) for leaf in v}
+                    for layer, v in params[n]["params"].items()
+                }
+            }
             for n in params
         }
 
@@ -44,8 +50,10 @@ def _ctx(params, key=0, t_p=0.25, b_p=0.5):
         b_p=jnp.float32(b_p),
         dormancy=per_layer(lambda layer, x: jnp.full(x.shape[-1:], 0.5)),
         l_p=per_layer(lambda layer, x: float(layer[-1])),
-        actor_mask={"actor": jax.tree.map(lambda _: 1.0, params["actor"]),
-                    "critic": jax.tree.map(lambda _: 0.0, params["critic"])},
+        actor_mask={
+            "actor": jax.tree.map(lambda _: 1.0, params["actor"]),
+            "critic": jax.tree.map(lambda _: 0.0, params["critic"]),
+        },
     )
 
 
@@ -140,7 +148,7 @@ def test_adam_is_optax_adam_after_clipping():
     ref = optax.adam(1e-3)
     u1, _ = ours.update(grads, ours.init(params), params, ctx=_ctx(params))
     u2, _ = ref.update(grads, ref.init(params), params)
-    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 

@@ -16,15 +16,17 @@ def _probe(records: list):
     """An optimiser that records the inputs PPO hands it (and then does plain SGD)."""
 
     def record(t_p, b_p, dorm, l_p, mask, key):
-        records.append(dict(t_p=float(t_p), b_p=float(b_p), dorm=dorm, l_p=l_p, mask=mask,
-                            key=np.asarray(key)))
+        records.append(
+            dict(t_p=float(t_p), b_p=float(b_p), dorm=dorm, l_p=l_p, mask=mask, key=np.asarray(key))
+        )
 
     def init(params):
         return optax.EmptyState()
 
     def update(grads, state, params=None, *, ctx, **_):
-        jax.debug.callback(record, ctx.t_p, ctx.b_p, ctx.dormancy, ctx.l_p, ctx.actor_mask,
-                           ctx.key, ordered=True)
+        jax.debug.callback(
+            record, ctx.t_p, ctx.b_p, ctx.dormancy, ctx.l_p, ctx.actor_mask, ctx.key, ordered=True
+        )
         return jax.tree.map(lambda g: -1e-3 * g, grads), state
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -67,8 +69,14 @@ def test_vmapped_seeds_equal_seeds_one_by_one(tiny_cartpole):
 
 @pytest.mark.parametrize("name", ["adam", *SYMBOLIC])
 def test_every_library_optimiser_trains_minatar(name):
-    cfg = config_for("Breakout-MinAtar", num_envs=8, num_steps=16, num_minibatches=2,
-                     update_epochs=2, total_timesteps=8 * 16 * 4)
+    cfg = config_for(
+        "Breakout-MinAtar",
+        num_envs=8,
+        num_steps=16,
+        num_minibatches=2,
+        update_epochs=2,
+        total_timesteps=8 * 16 * 4,
+    )
     result = train_seeds(make_train(cfg, build(resolve(name))), [0, 1], fast_compile=True)
     m = result.metrics
     assert m.return_curve.shape == (2, 4)

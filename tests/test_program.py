@@ -130,16 +130,22 @@ def test_paper_optimisers_are_all_distinct(library: dict[str, CheckResult]):
 
 # ------------------------------------------------------------------ hashes
 def _variants_of_discovered_3() -> dict[str, str]:
-    reformatted = ast.unparse(ast.parse(DISCOVERED_3)).replace(" * ", "*").replace(
-        "\n    ", "\n        "
+    reformatted = (
+        ast.unparse(ast.parse(DISCOVERED_3)).replace(" * ", "*").replace("\n    ", "\n        ")
     )
     commented = '"""Discovered Optimiser 3."""\n' + DISCOVERED_3.replace(
         "    m = 0.9\n",
         '    """Momentum with a dormancy boost."""\n    # momentum\n    m = 0.9  # fixed\n',
     )
     renamed = DISCOVERED_3
-    for old, new in (("d_scale", "boost_factor"), ("lr2", "progress"), ("lr", "step"),
-                     ("m", "beta"), ("update", "delta"), ("boost", "extra")):
+    for old, new in (
+        ("d_scale", "boost_factor"),
+        ("lr2", "progress"),
+        ("lr", "step"),
+        ("m", "beta"),
+        ("update", "delta"),
+        ("boost", "extra"),
+    ):
         renamed = re.sub(rf"\b{old}\b", new, renamed)
     renamed = renamed.replace("def delta_fn", "def update_fn")
     annotated = DISCOVERED_3.replace(
@@ -149,8 +155,13 @@ def _variants_of_discovered_3() -> dict[str, str]:
         " -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:",
     ).replace("    m = 0.9\n", "    m: float = 0.9\n")
     spelled = DISCOVERED_3.replace("jnp.", "jax.numpy.")
-    return {"reformatted": reformatted, "commented": commented, "renamed": renamed,
-            "annotated": annotated, "spelled": spelled}
+    return {
+        "reformatted": reformatted,
+        "commented": commented,
+        "renamed": renamed,
+        "annotated": annotated,
+        "spelled": spelled,
+    }
 
 
 @pytest.mark.parametrize("variant", list(_variants_of_discovered_3()))
@@ -196,9 +207,9 @@ def test_literal_audit_of_discovered_3():
 
 def test_literal_audit_rules():
     code = HEADER + (
-        "    eps = -1e-8\n"                       # unary minus: one literal, -1e-8
+        "    eps = -1e-8\n"  # unary minus: one literal, -1e-8
         "    x = jnp.sum(g, axis=1) * w[:, 3]\n"  # axis= and indices are structural
-        "    y = g ** 0.5 + 2 * w - 1\n"          # 0.5, 2, 1 are structural
+        "    y = g ** 0.5 + 2 * w - 1\n"  # 0.5, 2, 1 are structural
         "    return x * 0.001 + y + eps, var1, var2\n"
     )
     result = check(code, dry_run=False)
@@ -215,8 +226,9 @@ def test_introduced_hyperparameters():
     twice = DISCOVERED_3.replace("d_scale *= boost", "d_scale *= boost * 0.9")
     assert [tuple(x) for x in introduced(twice, DISCOVERED_3)] == [(0.9, 10)]
     # structural constants never count
-    assert introduced(DISCOVERED_3.replace("lr2 = (1 - t_p)", "lr2 = (2 - t_p)"),
-                      DISCOVERED_3) == []
+    assert (
+        introduced(DISCOVERED_3.replace("lr2 = (1 - t_p)", "lr2 = (2 - t_p)"), DISCOVERED_3) == []
+    )
 
 
 # ------------------------------------------------------------------ validation details
@@ -228,8 +240,9 @@ def test_static_check_is_cheap_and_runs_nothing():
 
 
 def test_validate_messages_name_construct_and_line():
-    err = validate(HEADER + "    update = g\n    while True:\n        pass\n"
-                   "    return update, var1, var2\n")
+    err = validate(
+        HEADER + "    update = g\n    while True:\n        pass\n    return update, var1, var2\n"
+    )
     assert err == ProgramError(err.kind, 3, err.message)
     assert err.kind == "forbidden" and "while" in err.message and "Line 3" in err.message
     err = validate(HEADER + "    return np.sign(g), var1, var2\n")
@@ -263,8 +276,17 @@ def test_load_checked_is_the_validated_path():
 
 
 def test_public_names():
-    for name in ("check", "CheckResult", "ProgramError", "validate", "canonical_hash",
-                 "fingerprint", "introduced", "load_update_fn", "load_checked"):
+    for name in (
+        "check",
+        "CheckResult",
+        "ProgramError",
+        "validate",
+        "canonical_hash",
+        "fingerprint",
+        "introduced",
+        "load_update_fn",
+        "load_checked",
+    ):
         assert name in program.__all__ and hasattr(program, name)
 
 
@@ -321,8 +343,14 @@ def test_rss_watchdog_kills_a_runaway_worker():
 # ------------------------------------------------------------------ CLI
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "rayopt", "check", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "rayopt", "check", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_cli_good_file(tmp_path: Path, library: dict[str, CheckResult]):

@@ -15,13 +15,22 @@ from rayopt.config import ConfigError
 from rayopt.results.journal import JournalWriter, journal_dir, read
 from rayopt.results.schema import SCHEMA
 
-TINY = ["ppo.overrides={num_envs: 4, num_steps: 16, num_minibatches: 2, update_epochs: 2, "
-        "total_timesteps: 192}"]
+TINY = [
+    "ppo.overrides={num_envs: 4, num_steps: 16, num_minibatches: 2, update_epochs: 2, "
+    "total_timesteps: 192}"
+]
 
 
 def _tiny(**kw: str) -> SweepConfig:
-    base = dict(name="tiny", optimizers="[adam, discovered_1]", envs="[cartpole]", seeds="2",
-                axis="hidden_size", values="[16, 32]", fast_compile="true")
+    base = dict(
+        name="tiny",
+        optimizers="[adam, discovered_1]",
+        envs="[cartpole]",
+        seeds="2",
+        axis="hidden_size",
+        values="[16, 32]",
+        fast_compile="true",
+    )
     base.update(kw)
     return load_sweep(None, TINY + [f"{k}={v}" for k, v in base.items()])
 
@@ -31,22 +40,29 @@ def test_config_values_and_errors() -> None:
     assert cfg.values == [100_000, 300_000]
     assert [c.total_timesteps for c in (cfg.ppo_config("Breakout-MinAtar", "100000"),)] == [100_000]
     assert cfg.in_distribution_for("Breakout-MinAtar") == 10_000_000  # Table 1
-    assert load_sweep(None, ["axis=hidden_size", "values=[16]"]).in_distribution_for(
-        "CartPole-v1") == 64
+    assert (
+        load_sweep(None, ["axis=hidden_size", "values=[16]"]).in_distribution_for("CartPole-v1")
+        == 64
+    )
     env = load_sweep(None, ["axis=env", "envs=[minatar, cartpole]"])
     assert [v for v, _ in env.points()] == [
-        "Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar",
-        "CartPole-v1"]
-    for bad, match in [(["axis=env", "values=[1]"], "takes no values"),
-                       (["axis=hidden_size"], "needs a list"),
-                       (["axis=hidden_size", "values=[1.5]"], "whole numbers"),
-                       (["axis=activation", "values=[gelu]"], "relu or tanh"),
-                       (["axis=total_timesteps", "values=[10]"], "less than one rollout"),
-                       (["axis=hidden_size", "values=[8]", "ppo.overrides={hidden_size: 4}"],
-                        "swept axis"),
-                       (["envs=[pong]"], "unknown environment"),
-                       (["name=a b"], "name"),
-                       (["sedes=3"], "unknown key")]:
+        "Asterix-MinAtar",
+        "Breakout-MinAtar",
+        "Freeway-MinAtar",
+        "SpaceInvaders-MinAtar",
+        "CartPole-v1",
+    ]
+    for bad, match in [
+        (["axis=env", "values=[1]"], "takes no values"),
+        (["axis=hidden_size"], "needs a list"),
+        (["axis=hidden_size", "values=[1.5]"], "whole numbers"),
+        (["axis=activation", "values=[gelu]"], "relu or tanh"),
+        (["axis=total_timesteps", "values=[10]"], "less than one rollout"),
+        (["axis=hidden_size", "values=[8]", "ppo.overrides={hidden_size: 4}"], "swept axis"),
+        (["envs=[pong]"], "unknown environment"),
+        (["name=a b"], "name"),
+        (["sedes=3"], "unknown key"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             load_sweep(None, bad)
 
@@ -54,9 +70,17 @@ def test_config_values_and_errors() -> None:
 def test_paper_and_cpu_configs_load() -> None:
     root = Path(__file__).parent.parent / "configs" / "sweeps"
     files = sorted(root.glob("*.yaml"))
-    assert {f.stem for f in files} >= {"fig3-lengths", "fig4-sizes", "fig5-activations",
-                                      "fig6-envs", "fig3-lengths-cpu", "fig4-sizes-cpu",
-                                      "fig5-activations-cpu", "fig6-envs-cpu", "repro-cpu"}
+    assert {f.stem for f in files} >= {
+        "fig3-lengths",
+        "fig4-sizes",
+        "fig5-activations",
+        "fig6-envs",
+        "fig3-lengths-cpu",
+        "fig4-sizes-cpu",
+        "fig5-activations-cpu",
+        "fig6-envs-cpu",
+        "repro-cpu",
+    }
     for f in files:
         cfg = load_sweep(f)
         if not f.stem.endswith("-cpu"):
@@ -70,9 +94,18 @@ def test_plan_skips_journalled_seeds_and_refuses_another_config(tmp_path: Path) 
     todo, skipped = plan(cfg, opts, tmp_path)
     assert skipped == 0 and sum(len(w.seeds) for w in todo) == 2 * 2 * 2
     ppo = cfg.ppo_config("CartPole-v1", "16")
-    row = dict(row_type="evaluation", stage="sweep", sweep="tiny", optimizer="adam",
-               env="CartPole-v1", axis="hidden_size", axis_value="16", status="ok",
-               final_return=1.0, ppo_config=json.dumps(dataclasses.asdict(ppo)))
+    row = dict(
+        row_type="evaluation",
+        stage="sweep",
+        sweep="tiny",
+        optimizer="adam",
+        env="CartPole-v1",
+        axis="hidden_size",
+        axis_value="16",
+        status="ok",
+        final_return=1.0,
+        ppo_config=json.dumps(dataclasses.asdict(ppo)),
+    )
     JournalWriter(tmp_path).write([dict(row, seed=0), dict(row, seed=1, status="failed")])
     todo, skipped = plan(cfg, opts, tmp_path)
     assert skipped == 1  # the failed seed is tried again
@@ -101,7 +134,8 @@ def test_tiny_sweep_on_ray_writes_schema_rows_and_resumes(ray_local, tmp_path: P
     assert set(ev.stage) == {"sweep"} and set(ev.sweep) == {"tiny"} and set(ev.status) == {"ok"}
     assert set(ev.axis) == {"hidden_size"}
     assert sorted(zip(ev.axis_value, ev.hidden_size, strict=True)) == sorted(
-        [("16", 16)] * 4 + [("32", 32)] * 4)
+        [("16", 16)] * 4 + [("32", 32)] * 4
+    )
     assert set(ev.total_timesteps) == {192} and set(ev.activation) == {"relu"}
     assert ev.final_return.notna().all() and ev.return_curve.map(len).eq(3).all()
     created = t[t.event == "created"]

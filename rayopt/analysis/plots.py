@@ -29,8 +29,13 @@ import pandas as pd  # noqa: E402
 
 from rayopt.analysis.stats import axis_sort_key, env_order, optimizer_order  # noqa: E402
 
-AXIS_LABEL = {"total_timesteps": "total timesteps", "hidden_size": "hidden size",
-              "activation": "activation", "env": "environment", "none": ""}
+AXIS_LABEL = {
+    "total_timesteps": "total timesteps",
+    "hidden_size": "hidden size",
+    "activation": "activation",
+    "env": "environment",
+    "none": "",
+}
 NUMERIC_AXES = ("total_timesteps", "hidden_size")
 
 
@@ -57,13 +62,19 @@ def save(fig: Any, path_stem: Path) -> list[Path]:
     return out
 
 
-def _grid(n: int, legend_entries: int, width: float = 3.6, height: float = 3.0
-          ) -> tuple[Any, list[Any]]:
+def _grid(
+    n: int, legend_entries: int, width: float = 3.6, height: float = 3.0
+) -> tuple[Any, list[Any]]:
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     legend_h = 0.3 + 0.2 * math.ceil(legend_entries / 4)  # the legend goes below the panels
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + legend_h),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(width * cols, height * rows + legend_h),
+        squeeze=False,
+        layout="constrained",
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -72,13 +83,20 @@ def _grid(n: int, legend_entries: int, width: float = 3.6, height: float = 3.0
 
 def _legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
     if handles:  # constrained layout makes room below the panels
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
-                   frameon=False, fontsize=8)
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncol=min(len(labels), 4),
+            frameon=False,
+            fontsize=8,
+        )
 
 
 # ------------------------------------------------------------------ Fig. 2
-def meta_training(curves: pd.DataFrame, references: pd.DataFrame, path_stem: Path,
-                  title: str = "Meta-training") -> list[Path]:
+def meta_training(
+    curves: pd.DataFrame, references: pd.DataFrame, path_stem: Path, title: str = "Meta-training"
+) -> list[Path]:
     """Fig. 2 from ``curves`` (run_id, k, avg_rank, best_rank) and ``references``
     (run_id, reference, avg_rank)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
@@ -88,19 +106,36 @@ def meta_training(curves: pd.DataFrame, references: pd.DataFrame, path_stem: Pat
     for i, run in enumerate(runs):
         c = curves[curves["run_id"] == run]
         colour = cmap(i % 10)
-        ax.scatter(c["k"], c["avg_rank"], s=9, color=colour, alpha=0.4, linewidths=0,
-                   label="each candidate" if i == 0 else None,
-                   rasterized=len(c) > 500)  # a big population stays a small SVG
+        ax.scatter(
+            c["k"],
+            c["avg_rank"],
+            s=9,
+            color=colour,
+            alpha=0.4,
+            linewidths=0,
+            label="each candidate" if i == 0 else None,
+            rasterized=len(c) > 500,
+        )  # a big population stays a small SVG
         k = c["k"].to_numpy()  # candidate k's value holds on [k, k + 1)
-        ax.step(np.append(k, k[-1] + 1), np.append(c["best_rank"], c["best_rank"].iat[-1]),
-                where="post", color=colour, lw=2,
-                label=f"{run}: best so far" if len(runs) > 1 else "best candidate so far")
+        ax.step(
+            np.append(k, k[-1] + 1),
+            np.append(c["best_rank"], c["best_rank"].iat[-1]),
+            where="post",
+            color=colour,
+            lw=2,
+            label=f"{run}: best so far" if len(runs) > 1 else "best candidate so far",
+        )
         refs = references[references["run_id"] == run] if not references.empty else references
         for j, r in enumerate(refs.itertuples(index=False)):
-            ax.axhline(r.avg_rank, color=colour if len(runs) > 1 else "black",
-                       ls=ref_styles[j % len(ref_styles)], lw=1.2,
-                       label=f"{r.reference}" + (f" ({run})" if len(runs) > 1 else "")
-                       + f": rank {r.avg_rank:.2f}")
+            ax.axhline(
+                r.avg_rank,
+                color=colour if len(runs) > 1 else "black",
+                ls=ref_styles[j % len(ref_styles)],
+                lw=1.2,
+                label=f"{r.reference}"
+                + (f" ({run})" if len(runs) > 1 else "")
+                + f": rank {r.avg_rank:.2f}",
+            )
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.invert_yaxis()  # rank 1 (best) at the top, as the paper's "max" curve rises
     ax.set_xlabel("candidates evaluated")
@@ -113,9 +148,14 @@ def meta_training(curves: pd.DataFrame, references: pd.DataFrame, path_stem: Pat
 
 
 # ------------------------------------------------------------------ Figs. 3-6
-def sweep_figure(table: pd.DataFrame, axis: str, path_stem: Path, title: str = "",
-                 in_distribution: Mapping[str, Any] | None = None,
-                 optimizers: Sequence[str] = ()) -> list[Path]:
+def sweep_figure(
+    table: pd.DataFrame,
+    axis: str,
+    path_stem: Path,
+    title: str = "",
+    in_distribution: Mapping[str, Any] | None = None,
+    optimizers: Sequence[str] = (),
+) -> list[Path]:
     """One panel per env of a sweep's IQM table (columns of ``stats.iqm_table``)."""
     envs = env_order(table["env"])
     names = optimizer_order(table["optimizer"], optimizers)
@@ -149,8 +189,13 @@ def sweep_figure(table: pd.DataFrame, axis: str, path_stem: Path, title: str = "
     return save(fig, path_stem)
 
 
-def _lines(ax: Any, t: pd.DataFrame, names: Sequence[str], colour: Mapping[str, Any],
-           handles: dict[str, Any]) -> None:
+def _lines(
+    ax: Any,
+    t: pd.DataFrame,
+    names: Sequence[str],
+    colour: Mapping[str, Any],
+    handles: dict[str, Any],
+) -> None:
     for n in names:
         d = t[t["optimizer"] == n]
         if d.empty:
@@ -161,8 +206,14 @@ def _lines(ax: Any, t: pd.DataFrame, names: Sequence[str], colour: Mapping[str, 
         handles.setdefault(n, line)
 
 
-def _bars(ax: Any, t: pd.DataFrame, names: Sequence[str], colour: Mapping[str, Any],
-          handles: dict[str, Any], axis: str) -> None:
+def _bars(
+    ax: Any,
+    t: pd.DataFrame,
+    names: Sequence[str],
+    colour: Mapping[str, Any],
+    handles: dict[str, Any],
+    axis: str,
+) -> None:
     values = sorted(dict.fromkeys(t["axis_value"]), key=lambda v: axis_sort_key(axis, v))
     present = [n for n in names if n in set(t["optimizer"])]
     width = 0.8 / max(len(present), 1)
@@ -171,8 +222,15 @@ def _bars(ax: Any, t: pd.DataFrame, names: Sequence[str], colour: Mapping[str, A
         x = np.arange(len(values)) + (j - (len(present) - 1) / 2) * width
         iqm = d["iqm"].to_numpy(float)
         err = np.vstack([iqm - d["ci_low"].to_numpy(float), d["ci_high"].to_numpy(float) - iqm])
-        bars = ax.bar(x, iqm, width=width, color=colour[n], yerr=np.nan_to_num(err),
-                      capsize=2, error_kw=dict(lw=0.8))
+        bars = ax.bar(
+            x,
+            iqm,
+            width=width,
+            color=colour[n],
+            yerr=np.nan_to_num(err),
+            capsize=2,
+            error_kw=dict(lw=0.8),
+        )
         handles.setdefault(n, bars)
     show_ticks = axis in ("activation",)
     ax.set_xticks(np.arange(len(values)))
@@ -181,14 +239,16 @@ def _bars(ax: Any, t: pd.DataFrame, names: Sequence[str], colour: Mapping[str, A
         ax.set_xlabel("activation (relu: in distribution)")
 
 
-def profile_figure(profile: Mapping[str, Any], path_stem: Path, title: str = "",
-                   optimizers: Sequence[str] = ()) -> list[Path]:
+def profile_figure(
+    profile: Mapping[str, Any], path_stem: Path, title: str = "", optimizers: Sequence[str] = ()
+) -> list[Path]:
     """Performance profiles (``stats.performance_profiles`` of one sweep) with CI bands."""
     taus = profile["taus"]
     names = optimizer_order(profile["profile"], optimizers)
     legend_cols = math.ceil(len(names) / 18)
-    fig, ax = plt.subplots(figsize=(5.2 + 2.2 * legend_cols, max(3.6, 0.16 * len(names) + 1)),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(5.2 + 2.2 * legend_cols, max(3.6, 0.16 * len(names) + 1)), layout="constrained"
+    )
     colour = colours(names)
     for n in names:
         ax.plot(taus, profile["profile"][n], color=colour[n], lw=1.8, label=n)

@@ -39,9 +39,21 @@ from rayopt.analysis.scan import Scan, scans
 from rayopt.search.archive import average_ranks
 
 #: candidate columns read from ``created`` events (never ``code``: it is read per request)
-CANDIDATE_COLUMNS = ["run_id", "meta_seed", "candidate_id", "parent_id", "base_id", "optimizer",
-                     "mutator", "idea", "island", "generation", "step", "literal_count",
-                     "new_literals"]
+CANDIDATE_COLUMNS = [
+    "run_id",
+    "meta_seed",
+    "candidate_id",
+    "parent_id",
+    "base_id",
+    "optimizer",
+    "mutator",
+    "idea",
+    "island",
+    "generation",
+    "step",
+    "literal_count",
+    "new_literals",
+]
 
 
 @dataclasses.dataclass
@@ -86,9 +98,12 @@ class Population:
     @functools.cached_property
     def order(self) -> list[str]:
         """Population members in evaluation order."""
-        ms = [m for m in self.members.values()
-              if m.outcome == "evaluated" and not m.is_reference and self._complete(m)]
-        ms.sort(key=lambda m: (m.evaluated_at if m.evaluated_at is not None else math.inf))
+        ms = [
+            m
+            for m in self.members.values()
+            if m.outcome == "evaluated" and not m.is_reference and self._complete(m)
+        ]
+        ms.sort(key=lambda m: m.evaluated_at if m.evaluated_at is not None else math.inf)
         return [m.id for m in ms]
 
     @property
@@ -129,8 +144,11 @@ class Population:
         out = {}
         for rid in self.references:
             ref = self.members[rid]
-            r = average_ranks([*(m.scores for m in ms), ref.scores], self.envs,
-                              [*(self._penalty(m) for m in ms), 0.0])
+            r = average_ranks(
+                [*(m.scores for m in ms), ref.scores],
+                self.envs,
+                [*(self._penalty(m) for m in ms), 0.0],
+            )
             out[rid] = float(r[-1])
         return out
 
@@ -143,8 +161,17 @@ class Population:
         for k, cid in enumerate(self.order, start=1):
             if ranks[cid] < best:
                 best, best_id = ranks[cid], cid
-            points.append(dict(run_id=self.run_id, meta_seed=self.meta_seed, k=k, candidate_id=cid,
-                               avg_rank=ranks[cid], best_rank=best, best_id=best_id))
+            points.append(
+                dict(
+                    run_id=self.run_id,
+                    meta_seed=self.meta_seed,
+                    k=k,
+                    candidate_id=cid,
+                    avg_rank=ranks[cid],
+                    best_rank=best,
+                    best_id=best_id,
+                )
+            )
         return points
 
     def top(self, k: int, discovered_only: bool = True) -> list[tuple[str, float]]:
@@ -178,8 +205,11 @@ def codes(pops: Sequence[Population], ids: dict[str, list[str]]) -> dict[tuple[s
     from the part files that hold their ``created`` events (the only place code is read)."""
     out: dict[tuple[str, str], str] = {}
     for p in pops:
-        keys = {("", p.run_id, c, p.members[c].optimizer or ""): c
-                for c in ids.get(p.run_id, []) if c in p.members}
+        keys = {
+            ("", p.run_id, c, p.members[c].optimizer or ""): c
+            for c in ids.get(p.run_id, [])
+            if c in p.members
+        }
         for k, code in p.scan.code(keys).items():
             out[(p.run_id, keys[k])] = code
     return out
@@ -196,16 +226,18 @@ def _run_config(path: Path) -> dict[str, Any]:
         return {}
 
 
-def load_populations(paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Scan]
-                     ) -> list[Population]:
+def load_populations(
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Scan],
+) -> list[Population]:
     """Every meta-seed of every discovery run under ``paths`` (a sweep dir yields none)."""
     return [pop for sc in scans(paths) for pop in _load_one(sc)]
 
 
 def _load_one(sc: Scan) -> list[Population]:
     events = sc.events()
-    events = events.filter(pc.and_(pc.is_valid(events["candidate_id"]),
-                                   pc.is_null(events["sweep"])))
+    events = events.filter(
+        pc.and_(pc.is_valid(events["candidate_id"]), pc.is_null(events["sweep"]))
+    )
     if events.num_rows == 0:
         return []
     scores = _scores(sc.evaluations("full"))
@@ -252,9 +284,11 @@ def _scores(t: pa.Table) -> dict[tuple[str, str], dict[str, float]]:
     if t.num_rows == 0:
         return {}
     per_seed = t.group_by(["run_id", "candidate_id", "env", "seed"], use_threads=True).aggregate(
-        [("final_return", "mean")])
+        [("final_return", "mean")]
+    )
     per_env = per_seed.group_by(["run_id", "candidate_id", "env"], use_threads=True).aggregate(
-        [("final_return_mean", "mean")])
+        [("final_return_mean", "mean")]
+    )
     runs = per_env["run_id"].to_pylist()
     cids = per_env["candidate_id"].to_pylist()
     envs = per_env["env"].to_pylist()

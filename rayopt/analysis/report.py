@@ -72,9 +72,13 @@ class _Clock:
         self.t = now
 
 
-def analyze(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-            options: AnalysisOptions | None = None, echo: bool = True,
-            log: Callable[[str], None] = print) -> AnalysisResult:
+def analyze(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    options: AnalysisOptions | None = None,
+    echo: bool = True,
+    log: Callable[[str], None] = print,
+) -> AnalysisResult:
     """Read ``paths`` (runs and/or sweeps), write tables, plots and report.html to ``out``."""
     opts = options or AnalysisOptions()
     clock = _Clock()
@@ -122,8 +126,23 @@ def analyze(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
         plotter.close()
 
     report = out / "report.html"
-    report.write_text(_html(paths, scanned, opts, pops, curves, refs, top, iqm, poi, profiles,
-                            manifests, figures, out))
+    report.write_text(
+        _html(
+            paths,
+            scanned,
+            opts,
+            pops,
+            curves,
+            refs,
+            top,
+            iqm,
+            poi,
+            profiles,
+            manifests,
+            figures,
+            out,
+        )
+    )
     files.append(report)
     clock.lap("report")
     if echo:
@@ -132,16 +151,26 @@ def analyze(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
 
 
 # ------------------------------------------------------------------ discovery tables
-def _discovery_tables(pops: Sequence[Population], k: int
-                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    curves = pd.DataFrame([p for pop in pops for p in pop.curve()],
-                          columns=["run_id", "meta_seed", "k", "candidate_id", "avg_rank",
-                                   "best_rank", "best_id"])
+def _discovery_tables(
+    pops: Sequence[Population], k: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    curves = pd.DataFrame(
+        [p for pop in pops for p in pop.curve()],
+        columns=["run_id", "meta_seed", "k", "candidate_id", "avg_rank", "best_rank", "best_id"],
+    )
     refs = pd.DataFrame(
-        [dict(run_id=pop.run_id, meta_seed=pop.meta_seed, reference=rid, avg_rank=r,
-              population=len(pop.order),
-              **{f"return[{e}]": pop.members[rid].scores.get(e) for e in pop.envs})
-         for pop in pops for rid, r in pop.reference_ranks().items()],
+        [
+            dict(
+                run_id=pop.run_id,
+                meta_seed=pop.meta_seed,
+                reference=rid,
+                avg_rank=r,
+                population=len(pop.order),
+                **{f"return[{e}]": pop.members[rid].scores.get(e) for e in pop.envs},
+            )
+            for pop in pops
+            for rid, r in pop.reference_ranks().items()
+        ],
     )
     if refs.empty:
         refs = pd.DataFrame(columns=["run_id", "meta_seed", "reference", "avg_rank", "population"])
@@ -150,25 +179,54 @@ def _discovery_tables(pops: Sequence[Population], k: int
         env_ranks = pop.env_ranks()
         for place, (cid, rank) in enumerate(pop.top(k), start=1):
             m = pop.members[cid]
-            rows.append(dict(
-                run_id=pop.run_id, meta_seed=pop.meta_seed, place=place, candidate_id=cid,
-                avg_rank=rank, population=len(pop.order), mutator=m.mutator,
-                lineage=" <- ".join(pop.lineage(cid)),
-                **{f"rank[{e}]": env_ranks[cid].get(e) for e in pop.envs},
-                **{f"return[{e}]": m.scores.get(e) for e in pop.envs},
-            ))
-    top = pd.DataFrame(rows) if rows else pd.DataFrame(
-        columns=["run_id", "meta_seed", "place", "candidate_id", "avg_rank", "population"])
+            rows.append(
+                dict(
+                    run_id=pop.run_id,
+                    meta_seed=pop.meta_seed,
+                    place=place,
+                    candidate_id=cid,
+                    avg_rank=rank,
+                    population=len(pop.order),
+                    mutator=m.mutator,
+                    lineage=" <- ".join(pop.lineage(cid)),
+                    **{f"rank[{e}]": env_ranks[cid].get(e) for e in pop.envs},
+                    **{f"return[{e}]": m.scores.get(e) for e in pop.envs},
+                )
+            )
+    top = (
+        pd.DataFrame(rows)
+        if rows
+        else pd.DataFrame(
+            columns=["run_id", "meta_seed", "place", "candidate_id", "avg_rank", "population"]
+        )
+    )
     return curves, refs, top
 
 
-def _write_tables(d: Path, iqm: pd.DataFrame, poi: pd.DataFrame, profiles: dict[str, Any],
-                  curves: pd.DataFrame, refs: pd.DataFrame, top: pd.DataFrame) -> list[Path]:
-    prof_rows = [dict(sweep=s, optimizer=o, tau=float(t), profile=float(v), ci_low=float(lo),
-                      ci_high=float(hi))
-                 for s, p in profiles.items() for o in p["profile"]
-                 for t, v, lo, hi in zip(p["taus"], p["profile"][o], p["ci"][o][0], p["ci"][o][1],
-                                         strict=True)]
+def _write_tables(
+    d: Path,
+    iqm: pd.DataFrame,
+    poi: pd.DataFrame,
+    profiles: dict[str, Any],
+    curves: pd.DataFrame,
+    refs: pd.DataFrame,
+    top: pd.DataFrame,
+) -> list[Path]:
+    prof_rows = [
+        dict(
+            sweep=s,
+            optimizer=o,
+            tau=float(t),
+            profile=float(v),
+            ci_low=float(lo),
+            ci_high=float(hi),
+        )
+        for s, p in profiles.items()
+        for o in p["profile"]
+        for t, v, lo, hi in zip(
+            p["taus"], p["profile"][o], p["ci"][o][0], p["ci"][o][1], strict=True
+        )
+    ]
     tables = {
         "iqm": (iqm, stats.iqm_display(iqm)),
         "poi": (poi, poi),
@@ -205,7 +263,8 @@ class _Plotter:
             import multiprocessing
 
             self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=jobs - 1, mp_context=multiprocessing.get_context("spawn"))
+                max_workers=jobs - 1, mp_context=multiprocessing.get_context("spawn")
+            )
 
     def _submit(self, key: str, fn: str, *args: Any, **kwargs: Any) -> None:
         from rayopt.analysis import plots
@@ -219,8 +278,14 @@ class _Plotter:
 
     def fig2(self, curves: pd.DataFrame, refs: pd.DataFrame) -> None:
         if not curves.empty:
-            self._submit("fig2", "meta_training", curves, refs, self.d / "fig2-meta-training",
-                         "Meta-training curve (Fig. 2)")
+            self._submit(
+                "fig2",
+                "meta_training",
+                curves,
+                refs,
+                self.d / "fig2-meta-training",
+                "Meta-training curve (Fig. 2)",
+            )
 
     def sweeps(self, iqm: pd.DataFrame, manifests: dict[str, dict[str, Any]]) -> None:
         from rayopt.analysis.plots import AXIS_LABEL, slug
@@ -232,19 +297,29 @@ class _Plotter:
             marks = {env: in_distribution(axis, env, configured) for env in dict.fromkeys(t["env"])}
             marks = {**marks, **(man.get("in_distribution") or {})}
             vs = f" vs {AXIS_LABEL.get(axis, axis)}" if axis not in ("none", "env") else ""
-            self._submit(f"sweep:{sweep}", "sweep_figure", t, axis,
-                         self.d / f"sweep-{slug(str(sweep))}",
-                         title=f"{sweep}: IQM final return, 95% CI{vs}",
-                         in_distribution=marks, optimizers=_order(man))
+            self._submit(
+                f"sweep:{sweep}",
+                "sweep_figure",
+                t,
+                axis,
+                self.d / f"sweep-{slug(str(sweep))}",
+                title=f"{sweep}: IQM final return, 95% CI{vs}",
+                in_distribution=marks,
+                optimizers=_order(man),
+            )
 
     def profiles(self, profiles: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> None:
         from rayopt.analysis.plots import slug
 
         for sweep, prof in profiles.items():
-            self._submit(f"profile:{sweep}", "profile_figure", prof,
-                         self.d / f"profile-{slug(str(sweep))}",
-                         title=f"{sweep}: performance profile",
-                         optimizers=_order(manifests.get(str(sweep), {})))
+            self._submit(
+                f"profile:{sweep}",
+                "profile_figure",
+                prof,
+                self.d / f"profile-{slug(str(sweep))}",
+                title=f"{sweep}: performance profile",
+                optimizers=_order(manifests.get(str(sweep), {})),
+            )
 
     def wait(self) -> dict[str, list[Path]]:
         """Every figure's files (waiting for the worker)."""
@@ -261,8 +336,13 @@ def _order(manifest: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------ console
-def _echo(log: Callable[[str], None], iqm: pd.DataFrame, poi: pd.DataFrame,
-          refs: pd.DataFrame, top: pd.DataFrame) -> None:
+def _echo(
+    log: Callable[[str], None],
+    iqm: pd.DataFrame,
+    poi: pd.DataFrame,
+    refs: pd.DataFrame,
+    top: pd.DataFrame,
+) -> None:
     if not top.empty:
         cols = [c for c in top.columns if c not in ("lineage", "population", "mutator")]
         log("Best discovered candidates (average rank over envs, 1 = best):")
@@ -296,8 +376,11 @@ def _table(df: pd.DataFrame, max_rows: int = 400) -> str:
     if df.empty:
         return "<p class='muted'>(no rows)</p>"
     shown = df.head(max_rows).map(lambda v: stats._fmt(v) if isinstance(v, float) else v)
-    more = (f"<p class='muted'>{len(df) - max_rows} more rows in the CSV.</p>"
-            if len(df) > max_rows else "")
+    more = (
+        f"<p class='muted'>{len(df) - max_rows} more rows in the CSV.</p>"
+        if len(df) > max_rows
+        else ""
+    )
     return shown.to_html(index=False, escape=True, border=0) + more
 
 
@@ -308,8 +391,10 @@ def _figure(files: list[Path] | None, out: Path, alt: str) -> str:
     svg = next((f for f in files if f.suffix == ".svg"), None)
     rel = lambda f: html.escape(f.relative_to(out).as_posix())  # noqa: E731
     link = f" <a href='{rel(svg)}'>SVG</a>" if svg else ""
-    return (f"<figure><img src='{rel(png)}' alt='{html.escape(alt)}'>"
-            f"<figcaption class='muted'>{html.escape(alt)}{link}</figcaption></figure>")
+    return (
+        f"<figure><img src='{rel(png)}' alt='{html.escape(alt)}'>"
+        f"<figcaption class='muted'>{html.escape(alt)}{link}</figcaption></figure>"
+    )
 
 
 def _code(code: str | None) -> str:
@@ -321,29 +406,50 @@ def _lineage_html(pop: Population, cid: str, ranks: dict[str, float]) -> str:
     rows = []
     for i in chain:
         m = pop.members.get(i)
-        rows.append(dict(candidate=i, outcome=m.outcome if m else None,
-                         mutator=m.mutator if m else None,
-                         avg_rank=ranks.get(i), idea=(m.idea if m else None) or ""))
+        rows.append(
+            dict(
+                candidate=i,
+                outcome=m.outcome if m else None,
+                mutator=m.mutator if m else None,
+                avg_rank=ranks.get(i),
+                idea=(m.idea if m else None) or "",
+            )
+        )
     root = chain[-1]
-    note = ("" if pop.members.get(root) and pop.members[root].is_initial
-            else "<p class='muted'>The chain ends before an initial optimiser "
-                 "(the journal has no earlier parent).</p>")
+    note = (
+        ""
+        if pop.members.get(root) and pop.members[root].is_initial
+        else "<p class='muted'>The chain ends before an initial optimiser "
+        "(the journal has no earlier parent).</p>"
+    )
     return _table(pd.DataFrame(rows)) + note
 
 
-def _html(paths: Sequence[Path], scanned: Sequence[Scan], opts: AnalysisOptions,
-          pops: Sequence[Population],
-          curves: pd.DataFrame, refs: pd.DataFrame, top: pd.DataFrame, iqm: pd.DataFrame,
-          poi: pd.DataFrame, profiles: dict[str, Any], manifests: dict[str, dict[str, Any]],
-          figures: dict[str, list[Path]], out: Path) -> str:
+def _html(
+    paths: Sequence[Path],
+    scanned: Sequence[Scan],
+    opts: AnalysisOptions,
+    pops: Sequence[Population],
+    curves: pd.DataFrame,
+    refs: pd.DataFrame,
+    top: pd.DataFrame,
+    iqm: pd.DataFrame,
+    poi: pd.DataFrame,
+    profiles: dict[str, Any],
+    manifests: dict[str, dict[str, Any]],
+    figures: dict[str, list[Path]],
+    out: Path,
+) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rayopt analysis</title>"
-             f"<style>{_CSS}</style></head><body>",
-             "<h1>rayopt analysis</h1>",
-             f"<p class='muted'>Generated {e(_dt.datetime.now().isoformat(timespec='seconds'))} "
-             f"from {', '.join(e(str(p)) for p in paths)}. Metric: {e(opts.metric)}; IQM CIs: "
-             f"95% stratified bootstrap (rliable, {opts.reps} replicates, seed {opts.seed}). "
-             "Definitions: docs/analysis.md.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rayopt analysis</title>"
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>rayopt analysis</h1>",
+        f"<p class='muted'>Generated {e(_dt.datetime.now().isoformat(timespec='seconds'))} "
+        f"from {', '.join(e(str(p)) for p in paths)}. Metric: {e(opts.metric)}; IQM CIs: "
+        f"95% stratified bootstrap (rliable, {opts.reps} replicates, seed {opts.seed}). "
+        "Definitions: docs/analysis.md.</p>",
+    ]
     toc = []
     if pops:
         toc.append("<li><a href='#discovery'>Discovery: meta-training and best candidates</a></li>")
@@ -353,16 +459,20 @@ def _html(paths: Sequence[Path], scanned: Sequence[Scan], opts: AnalysisOptions,
 
     if pops:
         parts.append("<h2 id='discovery'>Discovery</h2>")
-        parts.append("<p>Population: every evaluated candidate of a meta-seed (references "
-                     "excluded). Average rank: mean over the meta-training envs of the rank by "
-                     "mean final return (1 = best). The curve is the best average rank among "
-                     "the first k candidates in evaluation order, ranks taken in the final "
-                     "population; a reference's rank is its average rank in the population with "
-                     "it added alone.</p>")
+        parts.append(
+            "<p>Population: every evaluated candidate of a meta-seed (references "
+            "excluded). Average rank: mean over the meta-training envs of the rank by "
+            "mean final return (1 = best). The curve is the best average rank among "
+            "the first k candidates in evaluation order, ranks taken in the final "
+            "population; a reference's rank is its average rank in the population with "
+            "it added alone.</p>"
+        )
         parts.append(_figure(figures.get("fig2"), out, "Meta-training curve (Fig. 2)"))
         parts.append("<h3>References in the population</h3>" + _table(refs))
-        parts.append("<h3>Best discovered candidates</h3>"
-                     + _table(top.drop(columns=["lineage"], errors="ignore")))
+        parts.append(
+            "<h3>Best discovered candidates</h3>"
+            + _table(top.drop(columns=["lineage"], errors="ignore"))
+        )
         chosen_by_run = {pop.run_id: pop.top(opts.top) for pop in pops}
         code = codes(pops, {r: [c for c, _ in ch] for r, ch in chosen_by_run.items()})
         for pop in pops:
@@ -376,16 +486,19 @@ def _html(paths: Sequence[Path], scanned: Sequence[Scan], opts: AnalysisOptions,
                     f"<p><b>Idea:</b> {e(m.idea or '-')}</p>{_code(code.get((pop.run_id, cid)))}"
                     f"<details><summary>Lineage back to an initial optimiser "
                     f"({len(pop.lineage(cid))} candidates)</summary>"
-                    f"{_lineage_html(pop, cid, ranks)}</details></div>")
+                    f"{_lineage_html(pop, cid, ranks)}</details></div>"
+                )
 
     created = _sweep_created(scanned) if not iqm.empty else {}
-    for sweep, t in (iqm.groupby("sweep", sort=False) if not iqm.empty else []):
+    for sweep, t in iqm.groupby("sweep", sort=False) if not iqm.empty else []:
         man = manifests.get(str(sweep), {})
         axis = str(t["axis"].iat[0])
         parts.append(f"<h2 id='sweep-{e(str(sweep))}'>Sweep {e(str(sweep))}</h2>")
-        parts.append(f"<p class='muted'>Axis: {e(axis)}; environments: "
-                     f"{e(', '.join(dict.fromkeys(t['env'])))}; seeds per point: "
-                     f"{e(str(sorted(set(t['n']))))}.</p>")
+        parts.append(
+            f"<p class='muted'>Axis: {e(axis)}; environments: "
+            f"{e(', '.join(dict.fromkeys(t['env'])))}; seeds per point: "
+            f"{e(str(sorted(set(t['n']))))}.</p>"
+        )
         parts.append(_figure(figures.get(f"sweep:{sweep}"), out, f"{sweep}: IQM with 95% CIs"))
         parts.append("<h3>IQM with 95% CIs</h3>" + _table(stats.iqm_display(t)))
         p = poi[poi["sweep"] == sweep] if not poi.empty else poi
@@ -393,8 +506,9 @@ def _html(paths: Sequence[Path], scanned: Sequence[Scan], opts: AnalysisOptions,
             parts.append("<h3>Probability of improvement P(X &gt; Y)</h3>" + _table(p))
         if f"profile:{sweep}" in figures:
             caption = f"{sweep}: performance profile"
-            parts.append("<h3>Performance profile</h3>"
-                         + _figure(figures[f"profile:{sweep}"], out, caption))
+            parts.append(
+                "<h3>Performance profile</h3>" + _figure(figures[f"profile:{sweep}"], out, caption)
+            )
         parts.append(_sweep_optimizers(created.get(str(sweep), []), man))
     parts.append("</body></html>")
     return "\n".join(x for x in parts if x)
@@ -433,14 +547,18 @@ def _sweep_optimizers(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> s
                     pop_cache[run_dir] = []
             for pop in pop_cache[run_dir]:
                 if pop.run_id == src.get("run_id") and row["candidate_id"] in pop.members:
-                    lineage = ("<details><summary>Lineage</summary>"
-                               + _lineage_html(pop, row["candidate_id"], pop.ranks())
-                               + "</details>")
+                    lineage = (
+                        "<details><summary>Lineage</summary>"
+                        + _lineage_html(pop, row["candidate_id"], pop.ranks())
+                        + "</details>"
+                    )
         origin = f" from {html.escape(str(src.get('ref')))}" if src.get("ref") else ""
-        cards.append(f"<div class='card'><b>{html.escape(row['optimizer'])}</b>{origin}"
-                     f"<p><b>Idea:</b> {html.escape(row['idea'] or '-')}</p>"
-                     f"<details><summary>Code</summary>{_code(row['code'])}</details>"
-                     f"{lineage}</div>")
+        cards.append(
+            f"<div class='card'><b>{html.escape(row['optimizer'])}</b>{origin}"
+            f"<p><b>Idea:</b> {html.escape(row['idea'] or '-')}</p>"
+            f"<details><summary>Code</summary>{_code(row['code'])}</details>"
+            f"{lineage}</div>"
+        )
     return ("<h3>Optimisers</h3>" + "".join(cards)) if cards else ""
 
 

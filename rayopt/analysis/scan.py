@@ -21,15 +21,50 @@ import pyarrow.parquet as pq
 
 from rayopt.results.journal import dataset
 
-COLUMNS = ["run_id", "meta_seed", "row_type", "event", "time", "candidate_id", "parent_id",
-           "base_id", "optimizer", "mutator", "idea", "island", "generation", "step",
-           "literal_count", "new_literals", "env", "seed", "stage", "status", "final_return",
-           "auc", "total_timesteps", "hidden_size", "activation", "sweep", "axis", "axis_value"]
-EVENTS = ["created", "evaluated", "duplicate", "invalid", "rejected", "screened_out",
-          "evaluation_failed"]
-FILTER = (((pc.field("row_type") == "evaluation") & pc.field("stage").isin(["full", "sweep"])
-           & pc.field("status").isin(["ok", "nonfinite"]))
-          | ((pc.field("row_type") == "event") & pc.field("event").isin(EVENTS)))
+COLUMNS = [
+    "run_id",
+    "meta_seed",
+    "row_type",
+    "event",
+    "time",
+    "candidate_id",
+    "parent_id",
+    "base_id",
+    "optimizer",
+    "mutator",
+    "idea",
+    "island",
+    "generation",
+    "step",
+    "literal_count",
+    "new_literals",
+    "env",
+    "seed",
+    "stage",
+    "status",
+    "final_return",
+    "auc",
+    "total_timesteps",
+    "hidden_size",
+    "activation",
+    "sweep",
+    "axis",
+    "axis_value",
+]
+EVENTS = [
+    "created",
+    "evaluated",
+    "duplicate",
+    "invalid",
+    "rejected",
+    "screened_out",
+    "evaluation_failed",
+]
+FILTER = (
+    (pc.field("row_type") == "evaluation")
+    & pc.field("stage").isin(["full", "sweep"])
+    & pc.field("status").isin(["ok", "nonfinite"])
+) | ((pc.field("row_type") == "event") & pc.field("event").isin(EVENTS))
 
 #: (sweep or "", run_id or "", candidate_id or "", optimizer or "") of a created event
 CreatedKey = tuple[str, str, str, str]
@@ -59,8 +94,9 @@ class Scan:
                 by_file.setdefault(f, set()).add(k)
         out: dict[CreatedKey, str] = {}
         for f, wanted in by_file.items():
-            t = pq.read_table(f, columns=["event", "sweep", "run_id", "candidate_id",
-                                          "optimizer", "code"])
+            t = pq.read_table(
+                f, columns=["event", "sweep", "run_id", "candidate_id", "optimizer", "code"]
+            )
             for row in t.to_pylist():
                 k = created_key(row)
                 if row["event"] == "created" and k in wanted and row["code"] is not None:
@@ -69,8 +105,12 @@ class Scan:
 
 
 def created_key(row: dict) -> CreatedKey:
-    return (row.get("sweep") or "", row.get("run_id") or "", row.get("candidate_id") or "",
-            row.get("optimizer") or "")
+    return (
+        row.get("sweep") or "",
+        row.get("run_id") or "",
+        row.get("candidate_id") or "",
+        row.get("optimizer") or "",
+    )
 
 
 def scan(path: str | os.PathLike) -> Scan:
@@ -85,14 +125,21 @@ def scan(path: str | os.PathLike) -> Scan:
         batches.append(b)
         created = pc.equal(b.column("event"), "created")
         if pc.any(created).as_py():
-            rows = pa.Table.from_batches([b]).filter(created).select(
-                ["sweep", "run_id", "candidate_id", "optimizer"]).to_pylist()
+            rows = (
+                pa.Table.from_batches([b])
+                .filter(created)
+                .select(["sweep", "run_id", "candidate_id", "optimizer"])
+                .to_pylist()
+            )
             for row in rows:
                 created_in[created_key(row)] = tagged.fragment.path
     schema = d.schema
     # one chunk per column: compute on a table of 20k tiny chunks is many times slower
-    table = (pa.Table.from_batches(batches).combine_chunks() if batches
-             else pa.table({c: pa.array([], schema.field(c).type) for c in COLUMNS}))
+    table = (
+        pa.Table.from_batches(batches).combine_chunks()
+        if batches
+        else pa.table({c: pa.array([], schema.field(c).type) for c in COLUMNS})
+    )
     return Scan(Path(path), table, created_in)
 
 

@@ -40,15 +40,19 @@ ALL_ENVS = "(all)"
 
 
 # ------------------------------------------------------------------ loading
-def load_scores(paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Scan],
-                metric: str = "final_return", sweeps: Iterable[str] | None = None) -> pd.DataFrame:
+def load_scores(
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Scan],
+    metric: str = "final_return",
+    sweeps: Iterable[str] | None = None,
+) -> pd.DataFrame:
     """One row per (sweep, axis value, optimiser, env, seed) of sweep evaluations, the
     score in ``value``. Only the columns it needs, of the rows it needs (one scan per
     directory, :mod:`rayopt.analysis.scan`)."""
     if metric not in ("final_return", "auc"):
         raise ValueError(f"metric must be final_return or auc, not {metric!r}")
-    parts = [sc.evaluations("sweep").select([*KEY, "seed", metric, *AXIS_COLUMNS])
-             for sc in scans(paths)]
+    parts = [
+        sc.evaluations("sweep").select([*KEY, "seed", metric, *AXIS_COLUMNS]) for sc in scans(paths)
+    ]
     t = pa.concat_tables(parts)
     if sweeps is not None:
         t = t.filter(pc.is_in(t["sweep"], pa.array(list(sweeps), pa.string())))
@@ -58,9 +62,11 @@ def load_scores(paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequenc
         return df
     df["axis"] = df["axis"].fillna("none")
     df["axis_value"] = df["axis_value"].fillna("")
-    return (df.groupby([*KEY, "seed"], sort=False, dropna=False)
-              .agg(value=("value", "mean"), **{c: (c, "first") for c in AXIS_COLUMNS})
-              .reset_index())
+    return (
+        df.groupby([*KEY, "seed"], sort=False, dropna=False)
+        .agg(value=("value", "mean"), **{c: (c, "first") for c in AXIS_COLUMNS})
+        .reset_index()
+    )
 
 
 def axis_sort_key(axis: str, value: str) -> tuple[int, float, str]:
@@ -75,6 +81,7 @@ def optimizer_order(names: Iterable[str], preferred: Sequence[str] = ()) -> list
     """``preferred`` first (e.g. a sweep's config order), then adam, open, the rest A-Z."""
     names = list(dict.fromkeys(names))
     first = [n for n in preferred if n in names]
+
     def key(n: str) -> tuple[int, str]:
         return (0 if n.startswith("adam") else 1 if n.startswith("open") else 2, n)
 
@@ -87,8 +94,9 @@ def env_order(envs: Iterable[str]) -> list[str]:
     from rayopt.rl.envs import REGISTRY
 
     known = list(REGISTRY)
-    return sorted(dict.fromkeys(envs), key=lambda e: (known.index(e) if e in known
-                                                      else len(known), e))
+    return sorted(
+        dict.fromkeys(envs), key=lambda e: (known.index(e) if e in known else len(known), e)
+    )
 
 
 # ------------------------------------------------------------------ IQM + CIs
@@ -98,8 +106,9 @@ def iqm_per_column(scores: np.ndarray) -> np.ndarray:
     return np.atleast_1d(scipy.stats.trim_mean(scores, proportiontocut=0.25, axis=0))
 
 
-def interval_estimates(columns: Sequence[np.ndarray], reps: int = 2000, seed: int = 0,
-                       confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def interval_estimates(
+    columns: Sequence[np.ndarray], reps: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """IQM and (2 x G) CIs of G score vectors (NaNs dropped), with rliable.
 
     Vectors of equal length form one matrix (runs x G) bootstrapped by one
@@ -117,15 +126,17 @@ def interval_estimates(columns: Sequence[np.ndarray], reps: int = 2000, seed: in
     for _, idx in sorted(by_len.items()):
         matrix = np.stack([clean[i] for i in idx], axis=1)  # runs x points
         np.random.seed(seed)
-        p, iv = rly.get_interval_estimates({"m": matrix}, iqm_per_column, reps=reps,
-                                           confidence_interval_size=confidence)
+        p, iv = rly.get_interval_estimates(
+            {"m": matrix}, iqm_per_column, reps=reps, confidence_interval_size=confidence
+        )
         point[idx] = p["m"]
         ci[:, idx] = np.asarray(iv["m"]).reshape(2, len(idx))
     return point, ci
 
 
-def iqm_table(scores: pd.DataFrame, reps: int = 2000, seed: int = 0,
-              confidence: float = 0.95) -> pd.DataFrame:
+def iqm_table(
+    scores: pd.DataFrame, reps: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> pd.DataFrame:
     """Per (sweep, axis, axis value, optimiser, env): seeds, NaN seeds, IQM, CI, mean."""
     cols = [*KEY, "n", "n_nan", "iqm", "ci_low", "ci_high", "mean"]
     if scores.empty:
@@ -150,9 +161,15 @@ def sort_table(df: pd.DataFrame, optimizers: Sequence[str] = ()) -> pd.DataFrame
         return df
     opt_rank = {n: i for i, n in enumerate(optimizer_order(df["optimizer"], optimizers))}
     env_rank = {e: i for i, e in enumerate(env_order(df["env"]))}
-    order = sorted(range(len(df)), key=lambda i: (
-        df["sweep"].iat[i], axis_sort_key(df["axis"].iat[i], df["axis_value"].iat[i]),
-        env_rank[df["env"].iat[i]], opt_rank.get(df["optimizer"].iat[i], 0)))
+    order = sorted(
+        range(len(df)),
+        key=lambda i: (
+            df["sweep"].iat[i],
+            axis_sort_key(df["axis"].iat[i], df["axis_value"].iat[i]),
+            env_rank[df["env"].iat[i]],
+            opt_rank.get(df["optimizer"].iat[i], 0),
+        ),
+    )
     return df.iloc[order].reset_index(drop=True)
 
 
@@ -166,7 +183,7 @@ def parse_pairs(text: str | Sequence[str] | None, names: Iterable[str]) -> list[
     for item in (i.strip() for i in items):
         if not item:
             continue
-        splits = [(item[:k], item[k + 1:]) for k, ch in enumerate(item) if ch == ":"]
+        splits = [(item[:k], item[k + 1 :]) for k, ch in enumerate(item) if ch == ":"]
         match = [s for s in splits if s[0] in names and s[1] in names]
         if not match:
             raise ValueError(f"pair {item!r}: expected X:Y with X, Y among {sorted(names)}")
@@ -200,14 +217,30 @@ def _complete(cols: list[Any], m: np.ndarray, wanted: Sequence[Any]) -> np.ndarr
     return sub[np.isfinite(sub).all(axis=1)]
 
 
-def poi_table(scores: pd.DataFrame, pairs: Sequence[tuple[str, str]], reps: int = 0,
-              seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+def poi_table(
+    scores: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    reps: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """P(X > Y) per (sweep, axis value, pair): over the envs both have (``env`` =
     "(all)", with bootstrap CIs when ``reps`` > 0), and per env."""
     from rayopt.analysis._rliable import metrics, rly
 
-    cols = ["sweep", "axis", "axis_value", "x", "y", "env", "n_x", "n_y", "poi", "ci_low",
-            "ci_high"]
+    cols = [
+        "sweep",
+        "axis",
+        "axis_value",
+        "x",
+        "y",
+        "env",
+        "n_x",
+        "n_y",
+        "poi",
+        "ci_low",
+        "ci_high",
+    ]
     rows: list[dict[str, Any]] = []
     if scores.empty or not pairs:
         return pd.DataFrame(columns=cols)
@@ -219,9 +252,19 @@ def poi_table(scores: pd.DataFrame, pairs: Sequence[tuple[str, str]], reps: int 
             envs = [e for e in wide[x][0] if e in set(wide[y][0])]
             for env_set, label in [(envs, ALL_ENVS), *(([e], e) for e in envs if len(envs) > 1)]:
                 mx, my = _complete(*wide[x], env_set), _complete(*wide[y], env_set)
-                row = dict(sweep=sweep, axis=axis, axis_value=value, x=x, y=y, env=label,
-                           n_x=len(mx), n_y=len(my), poi=math.nan, ci_low=math.nan,
-                           ci_high=math.nan)
+                row = dict(
+                    sweep=sweep,
+                    axis=axis,
+                    axis_value=value,
+                    x=x,
+                    y=y,
+                    env=label,
+                    n_x=len(mx),
+                    n_y=len(my),
+                    poi=math.nan,
+                    ci_low=math.nan,
+                    ci_high=math.nan,
+                )
                 if len(mx) and len(my):
                     row["poi"] = float(metrics.probability_of_improvement(mx, my))
                     if reps > 0 and label == ALL_ENVS:
@@ -229,23 +272,33 @@ def poi_table(scores: pd.DataFrame, pairs: Sequence[tuple[str, str]], reps: int 
                         _, iv = rly.get_interval_estimates(
                             {"p": [mx, my]},
                             lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
-                            reps=reps, confidence_interval_size=confidence)
+                            reps=reps,
+                            confidence_interval_size=confidence,
+                        )
                         row["ci_low"], row["ci_high"] = (float(v) for v in np.ravel(iv["p"]))
                 rows.append(row)
     out = pd.DataFrame(rows, columns=cols)
     if out.empty:
         return out
     env_rank = {e: i for i, e in enumerate(env_order(out["env"]))}
-    order = sorted(range(len(out)), key=lambda i: (
-        out["sweep"].iat[i], axis_sort_key(out["axis"].iat[i], out["axis_value"].iat[i]),
-        out["x"].iat[i], out["y"].iat[i], out["env"].iat[i] != ALL_ENVS,
-        env_rank[out["env"].iat[i]]))
+    order = sorted(
+        range(len(out)),
+        key=lambda i: (
+            out["sweep"].iat[i],
+            axis_sort_key(out["axis"].iat[i], out["axis_value"].iat[i]),
+            out["x"].iat[i],
+            out["y"].iat[i],
+            out["env"].iat[i] != ALL_ENVS,
+            env_rank[out["env"].iat[i]],
+        ),
+    )
     return out.iloc[order].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ profiles
-def performance_profiles(scores: pd.DataFrame, taus: np.ndarray | None = None, reps: int = 100,
-                         seed: int = 0) -> dict[str, dict[str, Any]]:
+def performance_profiles(
+    scores: pd.DataFrame, taus: np.ndarray | None = None, reps: int = 100, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Per sweep: ``taus``, and per optimiser the fraction of runs with normalised score
     above each tau (``profile``) and its bootstrap CI (``ci``), from rliable.
 
@@ -279,8 +332,13 @@ def performance_profiles(scores: pd.DataFrame, taus: np.ndarray | None = None, r
             continue
         np.random.seed(seed)
         profiles, cis = rly.create_performance_profile(score_dict, taus, reps=reps)
-        out[sweep] = dict(taus=taus, tasks=tasks, profile=profiles, ci=cis,
-                          runs={k: v.shape[0] for k, v in score_dict.items()})
+        out[sweep] = dict(
+            taus=taus,
+            tasks=tasks,
+            profile=profiles,
+            ci=cis,
+            runs={k: v.shape[0] for k, v in score_dict.items()},
+        )
     return out
 
 
@@ -296,17 +354,26 @@ def _fmt(v: Any) -> str:
 def iqm_display(table: pd.DataFrame) -> pd.DataFrame:
     """The IQM table for people: ``IQM [low, high]`` in one column, seeds as ``n``."""
     if table.empty:
-        return pd.DataFrame(columns=["sweep", "axis", "axis value", "env", "optimizer",
-                                     "IQM [95% CI]", "n"])
-    d = pd.DataFrame({
-        "sweep": table["sweep"], "axis": table["axis"], "axis value": table["axis_value"],
-        "env": table["env"], "optimizer": table["optimizer"],
-        "IQM [95% CI]": [f"{_fmt(a)} [{_fmt(b)}, {_fmt(c)}]"
-                         for a, b, c in zip(table["iqm"], table["ci_low"], table["ci_high"],
-                                            strict=True)],
-        "n": [f"{n}" + (f" ({k} NaN)" if k else "") for n, k in zip(table["n"], table["n_nan"],
-                                                                    strict=True)],
-    })
+        return pd.DataFrame(
+            columns=["sweep", "axis", "axis value", "env", "optimizer", "IQM [95% CI]", "n"]
+        )
+    d = pd.DataFrame(
+        {
+            "sweep": table["sweep"],
+            "axis": table["axis"],
+            "axis value": table["axis_value"],
+            "env": table["env"],
+            "optimizer": table["optimizer"],
+            "IQM [95% CI]": [
+                f"{_fmt(a)} [{_fmt(b)}, {_fmt(c)}]"
+                for a, b, c in zip(table["iqm"], table["ci_low"], table["ci_high"], strict=True)
+            ],
+            "n": [
+                f"{n}" + (f" ({k} NaN)" if k else "")
+                for n, k in zip(table["n"], table["n_nan"], strict=True)
+            ],
+        }
+    )
     return d
 
 

@@ -103,8 +103,10 @@ class SweepConfig:
         if self.in_distribution is not None and self.axis in IN_DISTRIBUTION:
             self.in_distribution = normalise_values(self.axis, [self.in_distribution])[0]
         fields = {f.name for f in dataclasses.fields(PPOConfig)} - {"env"}
-        for where, d in [("ppo.overrides", self.ppo.overrides),
-                         *((f"ppo.per_env.{k}", v) for k, v in self.ppo.per_env.items())]:
+        for where, d in [
+            ("ppo.overrides", self.ppo.overrides),
+            *((f"ppo.per_env.{k}", v) for k, v in self.ppo.per_env.items()),
+        ]:
             unknown = set(d) - fields
             if unknown:
                 raise ConfigError(f"{where}: unknown PPO setting(s) {sorted(unknown)}")
@@ -209,8 +211,9 @@ class SweepOptimizer:
 _RUN = re.compile(r"^run:(?P<dir>.+)@(?:ms(?P<ms>-?\d+)/)?(?P<sel>[^/@]+)$")
 
 
-def resolve_optimizers(names: Sequence[str], open_weights: str | None = None
-                       ) -> list[SweepOptimizer]:
+def resolve_optimizers(
+    names: Sequence[str], open_weights: str | None = None
+) -> list[SweepOptimizer]:
     """Library names, ``.py`` files and ``run:DIR@...`` selections -> optimisers."""
     out: list[SweepOptimizer] = []
     for name in names:
@@ -238,15 +241,19 @@ def _from_run(ref: str, open_weights: str | None) -> list[SweepOptimizer]:
 
     m = _RUN.match(ref)
     if not m:
-        raise ValueError(f"{ref!r}: expected run:DIR@topK, run:DIR@msN/topK, "
-                         "run:DIR@CANDIDATE or run:DIR@msN/CANDIDATE")
+        raise ValueError(
+            f"{ref!r}: expected run:DIR@topK, run:DIR@msN/topK, "
+            "run:DIR@CANDIDATE or run:DIR@msN/CANDIDATE"
+        )
     run_dir, sel = m["dir"], m["sel"]
     pops = load_populations(run_dir)
     if m["ms"] is not None:
         pops = [p for p in pops if p.meta_seed == int(m["ms"])]
     if not pops:
-        raise ValueError(f"{ref!r}: no discovery population in {run_dir}"
-                         + (f" for meta-seed {m['ms']}" if m["ms"] is not None else ""))
+        raise ValueError(
+            f"{ref!r}: no discovery population in {run_dir}"
+            + (f" for meta-seed {m['ms']}" if m["ms"] is not None else "")
+        )
     top = re.fullmatch(r"top(\d+)", sel)
     if top:
         k = int(top[1])
@@ -261,23 +268,36 @@ def _from_run(ref: str, open_weights: str | None) -> list[SweepOptimizer]:
         if not chosen:
             raise ValueError(f"{ref!r}: no candidate {sel!r} in {run_dir}")
         if len(chosen) > 1:
-            raise ValueError(f"{ref!r}: {sel!r} exists in several meta-seeds; "
-                             f"say which: run:{run_dir}@ms<N>/{sel}")
+            raise ValueError(
+                f"{ref!r}: {sel!r} exists in several meta-seeds; "
+                f"say which: run:{run_dir}@ms<N>/{sel}"
+            )
     out = []
     for pop, cid, rank in chosen:
         member = pop.members[cid]
         name = f"{pop.run_id}/{cid}"
         if member.is_reference:
-            spec = dataclasses.replace(resolve(member.optimizer or cid.removeprefix("ref-"),
-                                               open_weights=open_weights), name=name)
+            spec = dataclasses.replace(
+                resolve(member.optimizer or cid.removeprefix("ref-"), open_weights=open_weights),
+                name=name,
+            )
         else:
             code = pop.code([cid]).get(cid)
             if not code:
                 raise ValueError(f"{ref!r}: {cid} has no code in the journal")
             spec = OptimiserSpec(name=name, kind="symbolic", code=code)
-        source = dict(source="run", ref=ref, run_dir=str(run_dir), run_id=pop.run_id,
-                      meta_seed=pop.meta_seed, candidate_id=cid, avg_rank=rank,
-                      parent_id=member.parent_id, mutator=member.mutator, idea=member.idea)
+        source = dict(
+            source="run",
+            ref=ref,
+            run_dir=str(run_dir),
+            run_id=pop.run_id,
+            meta_seed=pop.meta_seed,
+            candidate_id=cid,
+            avg_rank=rank,
+            parent_id=member.parent_id,
+            mutator=member.mutator,
+            idea=member.idea,
+        )
         out.append(SweepOptimizer(name, spec, source))
     return out
 
@@ -291,11 +311,17 @@ def _pooled_top(pops: Sequence[Any], k: int) -> list[tuple[Any, str, float]]:
     if any(p.envs != envs for p in pops):
         raise ValueError("meta-seeds were evaluated on different envs; pick one with @msN/topK")
     members = [(p, cid) for p in pops for cid in p.order]
-    ranks = average_ranks([p.members[c].scores for p, c in members], envs,
-                          [p._penalty(p.members[c]) for p, c in members])
+    ranks = average_ranks(
+        [p.members[c].scores for p, c in members],
+        envs,
+        [p._penalty(p.members[c]) for p, c in members],
+    )
     order = sorted(range(len(members)), key=lambda i: ranks[i])
-    chosen = [(members[i][0], members[i][1], float(ranks[i])) for i in order
-              if not members[i][0].members[members[i][1]].is_initial]
+    chosen = [
+        (members[i][0], members[i][1], float(ranks[i]))
+        for i in order
+        if not members[i][0].members[members[i][1]].is_initial
+    ]
     return chosen[:k]
 
 
@@ -317,15 +343,21 @@ def _existing(out_dir: Path, sweep: str) -> dict[tuple[str, str, str | None, int
 
     if not journal_dir(out_dir).is_dir() or not any(journal_dir(out_dir).glob("*.parquet")):
         return {}
-    t = read(out_dir, columns=["optimizer", "env", "axis_value", "seed", "ppo_config"],
-             filter=(pc.field("row_type") == "evaluation") & (pc.field("stage") == "sweep")
-             & (pc.field("sweep") == sweep) & pc.field("status").isin(["ok", "nonfinite"]))
+    t = read(
+        out_dir,
+        columns=["optimizer", "env", "axis_value", "seed", "ppo_config"],
+        filter=(pc.field("row_type") == "evaluation")
+        & (pc.field("stage") == "sweep")
+        & (pc.field("sweep") == sweep)
+        & pc.field("status").isin(["ok", "nonfinite"]),
+    )
     cols = [t[c].to_pylist() for c in ("optimizer", "env", "axis_value", "seed", "ppo_config")]
     return {(o, e, v, s): p for o, e, v, s, p in zip(*cols, strict=True)}
 
 
-def plan(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: str | os.PathLike
-         ) -> tuple[list[Work], int]:
+def plan(
+    cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: str | os.PathLike
+) -> tuple[list[Work], int]:
     """What is left to evaluate, and how many (optimizer, point, seed) are already done.
 
     Raises ConfigError if a done combination was run with a different PPO config: the
@@ -350,10 +382,11 @@ def plan(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: str | 
                     raise ConfigError(
                         f"{out_dir} already holds sweep {cfg.name!r} results for {opt.name} on "
                         f"{env} ({cfg.axis}={value}, seed {seed}) with a different PPO config; "
-                        "use another --out or another sweep name")
+                        "use another --out or another sweep name"
+                    )
                 skipped += 1
             for i in range(0, len(missing), per_task):
-                todo.append(Work(opt, env, value, ppo, tuple(missing[i:i + per_task])))
+                todo.append(Work(opt, env, value, ppo, tuple(missing[i : i + per_task])))
     return todo, skipped
 
 
@@ -366,9 +399,14 @@ def write_manifest(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_d
     in-distribution lines and the report's lineage)."""
     data = {
         "config": to_dict(cfg),
-        "optimizers": [dict(name=o.name, spec=o.spec.kind,
-                            **{k: v for k, v in o.source.items() if v is not None})
-                       for o in optimizers],
+        "optimizers": [
+            dict(
+                name=o.name,
+                spec=o.spec.kind,
+                **{k: v for k, v in o.source.items() if v is not None},
+            )
+            for o in optimizers
+        ],
         "in_distribution": {env: cfg.in_distribution_for(env) for env in cfg.envs},
     }
     path = out_dir / SWEEP_FILE.format(name=cfg.name)
@@ -390,33 +428,53 @@ def read_manifests(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _created_rows(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: Path
-                  ) -> list[dict[str, Any]]:
+def _created_rows(
+    cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: Path
+) -> list[dict[str, Any]]:
     """A ``created`` event per optimiser not yet in this sweep's journal: its code and
     provenance travel with the results."""
     from rayopt.results.journal import journal_dir, read
 
     known: set[str] = set()
     if journal_dir(out_dir).is_dir() and any(journal_dir(out_dir).glob("*.parquet")):
-        t = read(out_dir, columns=["optimizer"],
-                 filter=(pc.field("event") == "created") & (pc.field("sweep") == cfg.name))
+        t = read(
+            out_dir,
+            columns=["optimizer"],
+            filter=(pc.field("event") == "created") & (pc.field("sweep") == cfg.name),
+        )
         known = set(t["optimizer"].to_pylist())
     rows = []
     for o in optimizers:
         if o.name in known:
             continue
         s = o.source
-        rows.append(dict(row_type="event", event="created", run_id=cfg.name, sweep=cfg.name,
-                         axis=cfg.axis, optimizer=o.name, code=o.spec.code,
-                         candidate_id=s.get("candidate_id"), parent_id=s.get("parent_id"),
-                         idea=s.get("idea"), mutator=s.get("mutator") or s.get("source"),
-                         ref_candidate_id=s.get("run_id")))
+        rows.append(
+            dict(
+                row_type="event",
+                event="created",
+                run_id=cfg.name,
+                sweep=cfg.name,
+                axis=cfg.axis,
+                optimizer=o.name,
+                code=o.spec.code,
+                candidate_id=s.get("candidate_id"),
+                parent_id=s.get("parent_id"),
+                idea=s.get("idea"),
+                mutator=s.get("mutator") or s.get("source"),
+                ref_candidate_id=s.get("run_id"),
+            )
+        )
     return rows
 
 
-async def run_sweep(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: Path,
-                    todo: Sequence[Work], pool: Any, log: Callable[[str], None] = print
-                    ) -> dict[str, Any]:
+async def run_sweep(
+    cfg: SweepConfig,
+    optimizers: Sequence[SweepOptimizer],
+    out_dir: Path,
+    todo: Sequence[Work],
+    pool: Any,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Evaluate ``todo`` on ``pool`` (an EvaluatorPool), journalling each as it lands."""
     from rayopt.analysis._rliable import metrics
     from rayopt.results.journal import JournalWriter
@@ -432,9 +490,14 @@ async def run_sweep(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_
         nonlocal done, failed
         key = f"{cfg.name}/{w.optimizer.name}/{w.env}/{w.axis_value}/{w.seeds[0]}"
         out = await pool.run(EvalTask(key, w.optimizer.spec, w.config, w.seeds, cfg.fast_compile))
-        where = dict(run_id=cfg.name, sweep=cfg.name, axis=axis, axis_value=w.axis_value,
-                     optimizer=w.optimizer.name,
-                     candidate_id=w.optimizer.source.get("candidate_id"))
+        where = dict(
+            run_id=cfg.name,
+            sweep=cfg.name,
+            axis=axis,
+            axis_value=w.axis_value,
+            optimizer=w.optimizer.name,
+            candidate_id=w.optimizer.source.get("candidate_id"),
+        )
         journal.write(outcome_rows(out, where, stage="sweep"))
         done += 1
         point = f"{w.optimizer.name} {w.env}"
@@ -445,19 +508,26 @@ async def run_sweep(cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_
             fr = np.asarray(out.final_return, float)
             fr = fr[np.isfinite(fr)]
             iqm = float(metrics.aggregate_iqm(fr[:, None])) if fr.size else math.nan
-            log(f"{head}: final return IQM {iqm:.2f} over {len(w.seeds)} seeds "
-                f"(compile {out.compile_s:.0f}s, run {out.run_s:.0f}s)")
+            log(
+                f"{head}: final return IQM {iqm:.2f} over {len(w.seeds)} seeds "
+                f"(compile {out.compile_s:.0f}s, run {out.run_s:.0f}s)"
+            )
         else:
             failed += 1
             log(f"{head}: FAILED ({out.error_kind}) {out.error}")
 
     await asyncio.gather(*(one(w) for w in todo))
-    return dict(evaluated=done - failed, failed=failed, rows=journal.rows_written,
-                wall_s=round(time.monotonic() - t0, 1))
+    return dict(
+        evaluated=done - failed,
+        failed=failed,
+        rows=journal.rows_written,
+        wall_s=round(time.monotonic() - t0, 1),
+    )
 
 
-def sweep(cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], None] = print
-          ) -> dict[str, Any]:
+def sweep(
+    cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Plan, then (if anything is left) start Ray evaluators and run the sweep."""
 
     from rayopt.results.journal import compact
@@ -470,9 +540,11 @@ def sweep(cfg: SweepConfig, out_dir: str | os.PathLike, log: Callable[[str], Non
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(cfg, optimizers, out)
     seeds_left = sum(len(w.seeds) for w in todo)
-    log(f"sweep {cfg.name}: {len(optimizers)} optimisers x {len(cfg.points())} points x "
+    log(
+        f"sweep {cfg.name}: {len(optimizers)} optimisers x {len(cfg.points())} points x "
         f"{cfg.seeds} seeds; {skipped} already journalled in {out}, {seeds_left} to run "
-        f"in {len(todo)} evaluations")
+        f"in {len(todo)} evaluations"
+    )
     summary = dict(out=str(out), sweep=cfg.name, skipped=skipped, evaluated=0, failed=0, rows=0)
     if not todo:
         return summary

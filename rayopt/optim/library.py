@@ -14,26 +14,26 @@ from __future__ import annotations
 
 SIGNATURE = "def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key):"
 
-SIGN_UPDATE = f'''{SIGNATURE}
+SIGN_UPDATE = f"""{SIGNATURE}
     relative_update = 0.001
     sign_gradient = jnp.sign(g)
     var1 = var1 * t_p + (1 - t_p) * sign_gradient
     update = relative_update * w * var1
     return update, var1, var2
-'''
+"""
 
-RELATIVE_UPDATE = f'''{SIGNATURE}
+RELATIVE_UPDATE = f"""{SIGNATURE}
     weight_norm = jnp.sqrt(jnp.sum(w**2))
     update = g * weight_norm
     return update, var1, var2
-'''
+"""
 
-GRADIENT_STEP = f'''{SIGNATURE}
+GRADIENT_STEP = f"""{SIGNATURE}
     update = g
     return update, var1, var2
-'''
+"""
 
-CLIPPED_UPDATE = f'''{SIGNATURE}
+CLIPPED_UPDATE = f"""{SIGNATURE}
     weight_threshold = 0.01
     weight_magnitude = jnp.sqrt(jnp.sum(w**2))
     clip_threshold = weight_threshold * weight_magnitude
@@ -44,9 +44,9 @@ CLIPPED_UPDATE = f'''{SIGNATURE}
         lambda: g,
     )
     return update, var1, var2
-'''
+"""
 
-DISCOVERED_1 = f'''{SIGNATURE}
+DISCOVERED_1 = f"""{SIGNATURE}
     m = 0.9
     var1 = m * var1 + (1 - m) * g
     var2 = m * var2 + (1 - m) * g**2
@@ -57,9 +57,9 @@ DISCOVERED_1 = f'''{SIGNATURE}
     lr2 = 1 / (1 + var2)
     update = var1 * lr * d_scale * lr2
     return update, var1, var2
-'''
+"""
 
-DISCOVERED_2 = f'''{SIGNATURE}
+DISCOVERED_2 = f"""{SIGNATURE}
     m = 0.9
     norm = g / (1 + g)
     var1 = m * var1 + (1 - m) * norm
@@ -69,9 +69,9 @@ DISCOVERED_2 = f'''{SIGNATURE}
     lr2 = (1 - t_p) * (1 + l_p)
     update = var1 * lr * boost * lr2 * (1 + b_p)
     return update, var1, var2
-'''
+"""
 
-DISCOVERED_3 = f'''{SIGNATURE}
+DISCOVERED_3 = f"""{SIGNATURE}
     m = 0.9
     var1 = m * var1 + (1 - m) * g
     var2 = m * var2 + (1 - m) * (g - var1) ** 2
@@ -83,7 +83,7 @@ DISCOVERED_3 = f'''{SIGNATURE}
     d_scale *= boost
     update = var1 * lr * d_scale * lr2
     return update, var1, var2
-'''
+"""
 
 #: App. B, in the paper's order: the archive is initialised with these.
 INITIAL: dict[str, str] = {

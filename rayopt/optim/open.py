@@ -174,9 +174,7 @@ def load_open_params(path: str | os.PathLike) -> tuple[dict, OpenVariant]:
             f"{sizes} values"
         )
     if flat.size not in VARIANTS:
-        raise ValueError(
-            f"OPEN checkpoint {str(path)!r} has {flat.size} values; expected {sizes}"
-        )
+        raise ValueError(f"OPEN checkpoint {str(path)!r} has {flat.size} values; expected {sizes}")
     if not np.all(np.isfinite(flat)):
         raise ValueError(f"OPEN checkpoint {str(path)!r} contains non-finite values")
     variant = VARIANTS[flat.size]

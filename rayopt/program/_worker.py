@@ -84,8 +84,11 @@ def _limit_cpu(timeout: float) -> None:
     try:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         used = usage.ru_utime + usage.ru_stime
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
         soft = int(used + timeout * cores + 10)
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         if hard != resource.RLIM_INFINITY:
@@ -124,25 +127,37 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         try:
             error, fp = dryrun.run(
-                job["code"], array_cap=array_cap, total_cap=total_cap,
+                job["code"],
+                array_cap=array_cap,
+                total_cap=total_cap,
                 hint_budget=float(job.get("timeout", 10.0)) / 3,
             )
         except MemoryError:
-            error, fp = ProgramError("memory", None, "the program ran out of memory in the "
-                                     "sandbox; use smaller arrays."), None
+            error, fp = (
+                ProgramError(
+                    "memory",
+                    None,
+                    "the program ran out of memory in the sandbox; use smaller arrays.",
+                ),
+                None,
+            )
         except Exception as e:  # noqa: BLE001 - a bug in the dry run, not the program
-            error = ProgramError("internal", None, f"dry run failed: {type(e).__name__}: "
-                                 f"{str(e)[:150]}")
+            error = ProgramError(
+                "internal", None, f"dry run failed: {type(e).__name__}: {str(e)[:150]}"
+            )
             fp = None
         if jobs % 25 == 0:  # compiled probes pile up in JAX's caches
             jax.clear_caches()
-        _send(out, {
-            "id": job.get("id"),
-            "error": error.to_dict() if error is not None else None,
-            "fingerprint": fp,
-            "seconds": time.perf_counter() - t0,
-            "rss": rss_bytes(),
-        })
+        _send(
+            out,
+            {
+                "id": job.get("id"),
+                "error": error.to_dict() if error is not None else None,
+                "fingerprint": fp,
+                "seconds": time.perf_counter() - t0,
+                "rss": rss_bytes(),
+            },
+        )
     return 0
 
 

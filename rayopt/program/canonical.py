@@ -67,11 +67,7 @@ class _Canonicalise(ast.NodeTransformer):
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        if (
-            node.attr == "numpy"
-            and isinstance(node.value, ast.Name)
-            and node.value.id == "jax"
-        ):
+        if node.attr == "numpy" and isinstance(node.value, ast.Name) and node.value.id == "jax":
             return ast.copy_location(ast.Name("jnp", node.ctx), node)
         return self.generic_visit(node)
 

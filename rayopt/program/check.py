@@ -65,8 +65,13 @@ def check(code: str, *, dry_run: bool = True, timeout: float = 10.0) -> CheckRes
 
     def result(error: ProgramError | None, fp: str | None = None) -> CheckResult:
         return CheckResult(
-            ok=error is None, error=error, literals=lits, tunable_count=len(tunable),
-            hash=digest, fingerprint=fp, tunable=tunable,
+            ok=error is None,
+            error=error,
+            literals=lits,
+            tunable_count=len(tunable),
+            hash=digest,
+            fingerprint=fp,
+            tunable=tunable,
             seconds=time.perf_counter() - t0,
         )
 

@@ -104,8 +104,7 @@ def probe_inputs(seed: int = 0) -> dict[str, Any]:
         ws.append(w.astype(np.float32))
         ds.append(_dormancy(case.shape[-1], rng))
         gs.append(np.stack([_gradient(case.shape, rng) for _ in range(STEPS)]))
-        keys.append(np.stack([np.asarray(jax.random.PRNGKey(100 * ci + s)) for s in
-                              range(STEPS)]))
+        keys.append(np.stack([np.asarray(jax.random.PRNGKey(100 * ci + s)) for s in range(STEPS)]))
     return {
         "w": ws,
         "d": ds,
@@ -133,8 +132,7 @@ def _frames(exc: BaseException) -> Iterator[BaseException]:
 def user_line(exc: BaseException) -> int | None:
     """The innermost line of the program in the traceback of ``exc`` (or its causes)."""
     for e in _frames(exc):
-        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if
-                 f.filename == FILENAME]
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == FILENAME]
         if lines:
             return lines[-1]
     return None
@@ -152,8 +150,7 @@ _HINTS = {
     "jnp.where or jax.lax.cond.",
     "ConcretizationTypeError": "a traced value was used where Python needs a concrete "
     "value (float(), int(), a shape or an index); keep it as an array.",
-    "TracerIntegerConversionError": "a traced value was used as a Python int; keep it as "
-    "an array.",
+    "TracerIntegerConversionError": "a traced value was used as a Python int; keep it as an array.",
     "TracerArrayConversionError": "a traced value was converted to a NumPy array; use jnp.",
     "UnexpectedTracerError": "a traced value escaped its function.",
 }
@@ -164,8 +161,12 @@ def runtime_error(exc: BaseException) -> ProgramError:
     name = type(exc).__name__
     line = user_line(exc)
     if isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc):
-        return ProgramError("memory", line, f"{_line_prefix(line)}the program ran out of "
-                            "memory in the sandbox; use smaller arrays.")
+        return ProgramError(
+            "memory",
+            line,
+            f"{_line_prefix(line)}the program ran out of "
+            "memory in the sandbox; use smaller arrays.",
+        )
     detail = _HINTS.get(name) or _first_line(str(exc)) or "no message"
     return ProgramError("runtime", line, f"{_line_prefix(line)}{name}: {detail}")
 
@@ -215,8 +216,12 @@ def check_array_sizes(closed_jaxpr: Any, cap: int) -> ProgramError | None:
     for const in getattr(closed_jaxpr, "consts", ()):
         n = int(getattr(const, "nbytes", 0))
         if n > cap:
-            return ProgramError("memory", None, f"the program embeds a {_fmt_bytes(n)} "
-                                f"constant; the limit per array is {_fmt_bytes(cap)}.")
+            return ProgramError(
+                "memory",
+                None,
+                f"the program embeds a {_fmt_bytes(n)} "
+                f"constant; the limit per array is {_fmt_bytes(cap)}.",
+            )
     for j in _jaxprs(closed_jaxpr):
         for eqn in j.eqns:
             for var in eqn.outvars:
@@ -225,7 +230,8 @@ def check_array_sizes(closed_jaxpr: Any, cap: int) -> ProgramError | None:
                     line = _eqn_line(eqn)
                     shape = tuple(var.aval.shape)
                     return ProgramError(
-                        "memory", line,
+                        "memory",
+                        line,
                         f"{_line_prefix(line)}creates an array of shape {shape} "
                         f"{var.aval.dtype} ({_fmt_bytes(n)}); the limit per array is "
                         f"{_fmt_bytes(cap)}.",
@@ -254,25 +260,32 @@ def _check_outputs(result: Any, w: Any, case: Case, ret: int | None) -> tuple:
     """Shapes and dtypes are static: checked while tracing, before anything runs."""
     where = f"on the {case.name}"
     if not isinstance(result, (tuple, list)) or len(result) != 3:
-        raise Reject("signature", ret, f"{_line_prefix(ret)}update_fn returned "
-                     f"{type(result).__name__}; it must return (update, var1, var2).")
+        raise Reject(
+            "signature",
+            ret,
+            f"{_line_prefix(ret)}update_fn returned "
+            f"{type(result).__name__}; it must return (update, var1, var2).",
+        )
     for name, out in zip(OUTPUTS, result, strict=True):
         if out is None:
             raise Reject("dtype", ret, f"{_line_prefix(ret)}{name} is None, not an array.")
         try:
             shape, dtype = jnp.shape(out), jnp.result_type(out)
         except Exception:
-            raise Reject("dtype", ret, f"{_line_prefix(ret)}{name} is "
-                         f"{type(out).__name__}, not an array.") from None
+            raise Reject(
+                "dtype", ret, f"{_line_prefix(ret)}{name} is {type(out).__name__}, not an array."
+            ) from None
         if tuple(shape) != tuple(w.shape):
             raise Reject(
-                "shape", ret,
+                "shape",
+                ret,
                 f"{_line_prefix(ret)}{name} has shape {tuple(shape)} {where} (shape "
                 f"{tuple(w.shape)}); every output must have its input's shape.",
             )
         if not jnp.issubdtype(dtype, jnp.floating):
             raise Reject(
-                "dtype", ret,
+                "dtype",
+                ret,
                 f"{_line_prefix(ret)}{name} has dtype {dtype} {where}; outputs must be "
                 "floating point (keep float arithmetic or use .astype(jnp.float32)).",
             )
@@ -321,16 +334,24 @@ def _locate_non_finite(
     flag = jax.debug_nans if nan else jax.debug_infs
     try:
         with jax.disable_jit(), flag(True):
-            fn(jnp.asarray(w), inputs["g"][ci][step], jnp.asarray(var1), jnp.asarray(var2),
-               inputs["t"][step], inputs["d"][ci], inputs["t_p"][step], inputs["b_p"][step],
-               case.l_p, inputs["key"][ci][step])
+            fn(
+                jnp.asarray(w),
+                inputs["g"][ci][step],
+                jnp.asarray(var1),
+                jnp.asarray(var2),
+                inputs["t"][step],
+                inputs["d"][ci],
+                inputs["t_p"][step],
+                inputs["b_p"][step],
+                case.l_p,
+                inputs["key"][ci][step],
+            )
     except FloatingPointError as e:
         line = user_line(e)
         text = _first_line(str(e))
         op = text.rsplit(" in ", 1)[-1] if " in " in text else "an operation"
         if line is not None:
-            return line, (f" The first {'nan' if nan else 'inf'} comes from `{op}` at line "
-                          f"{line}.")
+            return line, (f" The first {'nan' if nan else 'inf'} comes from `{op}` at line {line}.")
     except Exception:  # noqa: BLE001 - only a hint
         pass
     return None, ""
@@ -375,12 +396,15 @@ def run(
         return runtime_error(e), None
     stats = compiled.memory_analysis()
     if stats is not None:
-        total = (stats.temp_size_in_bytes + stats.argument_size_in_bytes
-                 + stats.output_size_in_bytes)
+        total = stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
         if total > total_cap:
-            return ProgramError("memory", None, f"the compiled program needs "
-                                f"{_fmt_bytes(total)} of buffers; the limit is "
-                                f"{_fmt_bytes(total_cap)}."), None
+            return ProgramError(
+                "memory",
+                None,
+                f"the compiled program needs "
+                f"{_fmt_bytes(total)} of buffers; the limit is "
+                f"{_fmt_bytes(total_cap)}.",
+            ), None
     try:
         outs = jax.tree.map(np.asarray, jax.block_until_ready(compiled(inputs)))
     except Exception as e:  # noqa: BLE001
@@ -397,7 +421,8 @@ def run(
                     line, hint = _locate_non_finite(fn, inputs, outs, ci, step, nan)
                 line = line if line is not None else ret
                 return ProgramError(
-                    "non_finite", line,
+                    "non_finite",
+                    line,
                     f"{_line_prefix(line)}{name} contains {'nan' if nan else 'inf'} at step "
                     f"{step + 1} on the {case.name} (var1/var2 start at zero, t_p and b_p "
                     f"reach 0 and 1, d has a dead neuron, g an exact zero).{hint}",

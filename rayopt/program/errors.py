@@ -13,18 +13,18 @@ from typing import Any
 
 #: Every error kind, in the order a program meets the checks.
 KINDS: tuple[str, ...] = (
-    "too_large",   # source, statement, node, nesting or loop-size cap exceeded
-    "syntax",      # does not parse
-    "signature",   # not exactly ``def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key)``
+    "too_large",  # source, statement, node, nesting or loop-size cap exceeded
+    "syntax",  # does not parse
+    "signature",  # not exactly ``def update_fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key)``
     #                returning a 3-tuple
-    "forbidden",   # a construct outside the allowlist (imports, dunders, while, exec ...)
-    "shape",       # an output's shape differs from its input's
-    "dtype",       # an output is not a floating-point array
+    "forbidden",  # a construct outside the allowlist (imports, dunders, while, exec ...)
+    "shape",  # an output's shape differs from its input's
+    "dtype",  # an output is not a floating-point array
     "non_finite",  # an output holds NaN or inf on the probe inputs
-    "timeout",     # tracing, compiling or running took longer than allowed
-    "memory",      # an array or the worker's memory exceeded its cap
-    "runtime",     # the program raised while tracing or running, or crashed the worker
-    "internal",    # the sandbox itself failed (not the program's fault)
+    "timeout",  # tracing, compiling or running took longer than allowed
+    "memory",  # an array or the worker's memory exceeded its cap
+    "runtime",  # the program raised while tracing or running, or crashed the worker
+    "internal",  # the sandbox itself failed (not the program's fault)
 )
 
 #: Messages longer than this are cut: they go into an LLM prompt.

@@ -12,8 +12,23 @@ import jax.numpy as jnp
 SAFE_BUILTINS = {
     name: getattr(builtins, name)
     for name in (
-        "abs", "min", "max", "float", "int", "bool", "range", "len", "round", "sum",
-        "pow", "tuple", "list", "True", "False", "None", "isinstance",
+        "abs",
+        "min",
+        "max",
+        "float",
+        "int",
+        "bool",
+        "range",
+        "len",
+        "round",
+        "sum",
+        "pow",
+        "tuple",
+        "list",
+        "True",
+        "False",
+        "None",
+        "isinstance",
     )
 }
 

@@ -228,8 +228,7 @@ class Sandbox:
                 try:
                     self._spawn()
                 except OSError as e:
-                    error = ProgramError("internal", None, f"cannot start the sandbox "
-                                         f"worker: {e}")
+                    error = ProgramError("internal", None, f"cannot start the sandbox worker: {e}")
                     continue
             if self._ready:
                 return None
@@ -238,8 +237,11 @@ class Sandbox:
             except (_WorkerGone, _Deadline):
                 tail = self._stderr_tail()
                 self._kill()
-                error = ProgramError("internal", None, "the sandbox worker failed to start"
-                                     + (f": {tail}" if tail else "."))
+                error = ProgramError(
+                    "internal",
+                    None,
+                    "the sandbox worker failed to start" + (f": {tail}" if tail else "."),
+                )
                 continue
             if msg.get("ready"):
                 self._ready = True
@@ -270,40 +272,67 @@ class Sandbox:
                 reply = self._read(t_job + timeout, watch=True)
             except _Deadline:
                 self._restart()
-                return DryRun(ProgramError(
-                    "timeout", None,
-                    f"tracing, compiling and running update_fn took longer than {timeout:g} s "
-                    "and was stopped; remove whatever makes it slow (huge Python integer "
-                    "arithmetic, very large or repeated computations).",
-                ), None, time.monotonic() - t_job)
+                return DryRun(
+                    ProgramError(
+                        "timeout",
+                        None,
+                        f"tracing, compiling and running update_fn took longer than {timeout:g} s "
+                        "and was stopped; remove whatever makes it slow (huge Python integer "
+                        "arithmetic, very large or repeated computations).",
+                    ),
+                    None,
+                    time.monotonic() - t_job,
+                )
             except _OverMemory as e:
                 self._restart()
-                return DryRun(ProgramError(
-                    "memory", None,
-                    f"the program made the sandbox use {e.rss / 2**20:.0f} MiB (limit "
-                    f"{self.max_rss_bytes / 2**20:.0f} MiB) and was stopped; use smaller "
-                    "arrays and Python values.",
-                ), None, time.monotonic() - t_job)
+                return DryRun(
+                    ProgramError(
+                        "memory",
+                        None,
+                        f"the program made the sandbox use {e.rss / 2**20:.0f} MiB (limit "
+                        f"{self.max_rss_bytes / 2**20:.0f} MiB) and was stopped; use smaller "
+                        "arrays and Python values.",
+                    ),
+                    None,
+                    time.monotonic() - t_job,
+                )
             except _WorkerGone:
                 rc = self._proc.wait() if self._proc is not None else None
                 tail = self._stderr_tail()
                 self._restart()
                 if rc == -signal.SIGXCPU:  # the worker's own CPU-time backstop
-                    return DryRun(ProgramError(
-                        "timeout", None, "update_fn used more CPU time than allowed and was "
-                        "stopped; remove whatever makes it slow.",
-                    ), None, time.monotonic() - t_job)
-                how = (f"signal {signal.Signals(-rc).name}" if rc is not None and rc < 0
-                       else f"exit status {rc}")
-                return DryRun(ProgramError(
-                    "runtime", None,
-                    f"the program crashed the sandbox worker ({how})"
-                    + (f": {tail}" if tail else "."),
-                ), None, time.monotonic() - t_job)
+                    return DryRun(
+                        ProgramError(
+                            "timeout",
+                            None,
+                            "update_fn used more CPU time than allowed and was "
+                            "stopped; remove whatever makes it slow.",
+                        ),
+                        None,
+                        time.monotonic() - t_job,
+                    )
+                how = (
+                    f"signal {signal.Signals(-rc).name}"
+                    if rc is not None and rc < 0
+                    else f"exit status {rc}"
+                )
+                return DryRun(
+                    ProgramError(
+                        "runtime",
+                        None,
+                        f"the program crashed the sandbox worker ({how})"
+                        + (f": {tail}" if tail else "."),
+                    ),
+                    None,
+                    time.monotonic() - t_job,
+                )
             if reply.get("id") != job["id"]:  # cannot happen with one job in flight
                 self._restart()
-                return DryRun(ProgramError("internal", None, "the sandbox worker answered "
-                                           "out of turn."), None, time.monotonic() - t_job)
+                return DryRun(
+                    ProgramError("internal", None, "the sandbox worker answered out of turn."),
+                    None,
+                    time.monotonic() - t_job,
+                )
             if reply.get("rss", 0) > self.max_rss_bytes // 2:
                 self._restart()  # recycle a bloated worker between jobs
             err = reply.get("error")

@@ -38,21 +38,61 @@ MAX_LOOP = 16
 MAX_UNROLL = 64
 
 #: Builtins a program may use (``range`` only as the iterable of a bounded ``for``).
-BUILTINS: frozenset[str] = frozenset(
-    {"abs", "min", "max", "float", "int", "bool", "len", "range"}
-)
+BUILTINS: frozenset[str] = frozenset({"abs", "min", "max", "float", "int", "bool", "len", "range"})
 
 #: Names a program may not bind, and builtins that get a pointed message.
 MODULE_ROOTS: dict[str, str] = {"jnp": "jax.numpy", "lax": "jax.lax", "jax": "jax"}
 _JAX_SUBMODULES = frozenset({"numpy", "lax", "random", "nn"})
 _DANGEROUS = frozenset(
     {
-        "exec", "eval", "open", "compile", "__import__", "getattr", "setattr", "delattr",
-        "hasattr", "globals", "locals", "vars", "dir", "breakpoint", "input", "print",
-        "type", "object", "super", "help", "exit", "quit", "memoryview", "id", "iter",
-        "next", "callable", "classmethod", "staticmethod", "property", "isinstance",
-        "issubclass", "__builtins__", "sum", "pow", "round", "tuple", "list", "map",
-        "filter", "zip", "enumerate", "sorted", "reversed", "chr", "ord", "str", "bytes",
+        "exec",
+        "eval",
+        "open",
+        "compile",
+        "__import__",
+        "getattr",
+        "setattr",
+        "delattr",
+        "hasattr",
+        "globals",
+        "locals",
+        "vars",
+        "dir",
+        "breakpoint",
+        "input",
+        "print",
+        "type",
+        "object",
+        "super",
+        "help",
+        "exit",
+        "quit",
+        "memoryview",
+        "id",
+        "iter",
+        "next",
+        "callable",
+        "classmethod",
+        "staticmethod",
+        "property",
+        "isinstance",
+        "issubclass",
+        "__builtins__",
+        "sum",
+        "pow",
+        "round",
+        "tuple",
+        "list",
+        "map",
+        "filter",
+        "zip",
+        "enumerate",
+        "sorted",
+        "reversed",
+        "chr",
+        "ord",
+        "str",
+        "bytes",
     }
 )
 
@@ -65,8 +105,14 @@ _DENIED: dict[str, dict[str, str]] = {
             "it reads or writes files or raw buffers",
         ),
         **dict.fromkeys(
-            ("fromfunction", "frompyfunc", "vectorize", "piecewise", "apply_along_axis",
-             "apply_over_axes"),
+            (
+                "fromfunction",
+                "frompyfunc",
+                "vectorize",
+                "piecewise",
+                "apply_along_axis",
+                "apply_over_axes",
+            ),
             "it calls Python functions; write the vector expression directly",
         ),
         **dict.fromkeys(
@@ -88,17 +134,59 @@ _CONSTANTS = frozenset({"e", "pi", "inf", "nan", "newaxis", "euler_gamma"})
 #: Attributes and methods a program may use on arrays (and on values it computed).
 ARRAY_ATTRS: frozenset[str] = frozenset(
     {
-        "shape", "ndim", "size", "dtype", "T", "astype", "at", "set", "add", "multiply",
-        "divide", "get", "min", "max", "sum", "mean", "std", "var", "prod", "reshape",
-        "ravel", "flatten", "squeeze", "clip", "transpose", "round", "any", "all",
-        "argmax", "argmin", "dot", "real", "cumsum", "sort",
-        "eps", "tiny",  # jnp.finfo(jnp.float32).eps: the usual way to write an epsilon
+        "shape",
+        "ndim",
+        "size",
+        "dtype",
+        "T",
+        "astype",
+        "at",
+        "set",
+        "add",
+        "multiply",
+        "divide",
+        "get",
+        "min",
+        "max",
+        "sum",
+        "mean",
+        "std",
+        "var",
+        "prod",
+        "reshape",
+        "ravel",
+        "flatten",
+        "squeeze",
+        "clip",
+        "transpose",
+        "round",
+        "any",
+        "all",
+        "argmax",
+        "argmin",
+        "dot",
+        "real",
+        "cumsum",
+        "sort",
+        "eps",
+        "tiny",  # jnp.finfo(jnp.float32).eps: the usual way to write an epsilon
     }
 )
 
 _BINOPS = (
-    ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.MatMult,
-    ast.BitAnd, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Pow,
+    ast.MatMult,
+    ast.BitAnd,
+    ast.BitOr,
+    ast.BitXor,
+    ast.LShift,
+    ast.RShift,
 )
 _CMPOPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 
@@ -210,9 +298,7 @@ def resolve_module_path(parts: list[str], node: ast.AST) -> tuple[str, str, list
     if member in denied:
         raise _forbid(node, f"`{text}` is not allowed: {denied[member]}.")
     if member not in module_members(module):
-        raise _forbid(
-            node, f"`{text}` is not available ({module} has no function `{member}`)."
-        )
+        raise _forbid(node, f"`{text}` is not available ({module} has no function `{member}`).")
     for attr in trailing:
         if attr not in ARRAY_ATTRS:
             raise _forbid(node, f"attribute `.{attr}` in `{text}` is not allowed.")
@@ -268,8 +354,12 @@ def _parse(code: str) -> ast.Module:
             ProgramError("syntax", line, f"{prefix}SyntaxError: {text}.")
         ) from None
     except (RecursionError, MemoryError):  # e.g. `g+g+...+g` thousands of terms long
-        raise _err("too_large", None, "the program is nested too deeply to parse; split "
-                   "long expressions into named intermediate steps.") from None
+        raise _err(
+            "too_large",
+            None,
+            "the program is nested too deeply to parse; split "
+            "long expressions into named intermediate steps.",
+        ) from None
     except ValueError as e:  # null bytes on older Pythons
         raise InvalidProgram(
             ProgramError("syntax", None, f"the source cannot be parsed: {e}.")
@@ -285,16 +375,22 @@ def _check_tree_size(tree: ast.Module) -> None:
         statements += isinstance(node, ast.stmt)
         if depth > MAX_DEPTH:
             raise _err(
-                "too_large", node, f"expressions are nested more than {MAX_DEPTH} deep; "
-                "split them into named intermediate steps."
+                "too_large",
+                node,
+                f"expressions are nested more than {MAX_DEPTH} deep; "
+                "split them into named intermediate steps.",
             )
         stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
     if nodes > MAX_NODES:
-        raise _err("too_large", None, f"the program has {nodes} syntax nodes; "
-                   f"the limit is {MAX_NODES}.")
+        raise _err(
+            "too_large", None, f"the program has {nodes} syntax nodes; the limit is {MAX_NODES}."
+        )
     if statements > MAX_STATEMENTS:
-        raise _err("too_large", None, f"the program has {statements} statements; "
-                   f"the limit is {MAX_STATEMENTS}.")
+        raise _err(
+            "too_large",
+            None,
+            f"the program has {statements} statements; the limit is {MAX_STATEMENTS}.",
+        )
 
 
 # ------------------------------------------------------------------ structure
@@ -312,7 +408,8 @@ def _check_module(tree: ast.Module) -> ast.FunctionDef:
         if isinstance(stmt, ast.AsyncFunctionDef):
             raise _err("signature", stmt, "update_fn must be a plain `def`, not `async def`.")
         raise _err(
-            "signature", stmt,
+            "signature",
+            stmt,
             "the module may contain only the update_fn definition (and a docstring); "
             "move this statement inside update_fn.",
         )
@@ -321,14 +418,16 @@ def _check_module(tree: ast.Module) -> ast.FunctionDef:
     names = [f.name for f in functions]
     if "update_fn" not in names:
         raise _err(
-            "signature", functions[0],
+            "signature",
+            functions[0],
             f"the function must be named update_fn, not `{functions[0].name}`.",
         )
     if len(functions) > 1:
         others = [f for f in functions if f.name != "update_fn"] or functions[1:]
         other = others[0]
         raise _err(
-            "signature", other,
+            "signature",
+            other,
             "define exactly one top-level function, update_fn; helper functions are "
             "not allowed (inline them).",
         )
@@ -340,12 +439,20 @@ def _check_signature(fn: ast.FunctionDef) -> None:
         raise _forbid(fn.decorator_list[0], "decorators are not allowed on update_fn.")
     a = fn.args
     if a.posonlyargs or a.vararg or a.kwonlyargs or a.kwarg:
-        raise _err("signature", fn, f"update_fn must take exactly ({', '.join(PARAMS)}) "
-                   "with no `/`, `*args`, keyword-only or `**kwargs` parameters.")
+        raise _err(
+            "signature",
+            fn,
+            f"update_fn must take exactly ({', '.join(PARAMS)}) "
+            "with no `/`, `*args`, keyword-only or `**kwargs` parameters.",
+        )
     got = tuple(arg.arg for arg in a.args)
     if got != PARAMS:
-        raise _err("signature", fn, f"update_fn must take exactly ({', '.join(PARAMS)}) "
-                   f"in this order; got ({', '.join(got)}).")
+        raise _err(
+            "signature",
+            fn,
+            f"update_fn must take exactly ({', '.join(PARAMS)}) "
+            f"in this order; got ({', '.join(got)}).",
+        )
     if a.defaults or a.kw_defaults:
         raise _err("signature", fn, "update_fn parameters must not have default values.")
 
@@ -366,8 +473,7 @@ def _own_nodes(fn: ast.FunctionDef) -> list[ast.AST]:
     while stack:
         node = stack.pop()
         out.append(node)
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
-                                 ast.Lambda)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             stack.extend(ast.iter_child_nodes(node))
     return out
 
@@ -383,13 +489,13 @@ def _check_returns(fn: ast.FunctionDef) -> None:
             ):
                 n = len(v.elts) if isinstance(v, ast.Tuple) else (0 if v is None else 1)
                 raise _err(
-                    "signature", node,
+                    "signature",
+                    node,
                     f"update_fn must return a 3-tuple `return update, var1, var2`; this "
                     f"return gives {n} value{'s' if n != 1 else ''}.",
                 )
     if not _ends_with_return(fn.body):
-        raise _err("signature", fn.body[-1],
-                   "update_fn must end with `return update, var1, var2`.")
+        raise _err("signature", fn.body[-1], "update_fn must end with `return update, var1, var2`.")
 
 
 # ------------------------------------------------------------------ the allowlist walk
@@ -405,8 +511,10 @@ class _Checker:
     def visit(self, node: ast.AST) -> None:
         method = getattr(self, "visit_" + type(node).__name__, None)
         if method is None:
-            raise _forbid(node, _NODE_MESSAGES.get(
-                type(node), f"`{type(node).__name__}` syntax is not allowed."))
+            raise _forbid(
+                node,
+                _NODE_MESSAGES.get(type(node), f"`{type(node).__name__}` syntax is not allowed."),
+            )
         method(node)
 
     def body(self, stmts: list[ast.stmt]) -> None:
@@ -456,12 +564,16 @@ class _Checker:
             and not it.keywords
             and 1 <= len(it.args) <= 3
         ):
-            raise _forbid(node, f"`for` loops must be `for i in range(N)` with a literal "
-                          f"N <= {MAX_LOOP}.")
+            raise _forbid(
+                node, f"`for` loops must be `for i in range(N)` with a literal N <= {MAX_LOOP}."
+            )
         bounds = [_int_literal(a) for a in it.args]
         if any(b is None for b in bounds):
-            raise _forbid(node, f"range() bounds must be integer literals (at most "
-                          f"{MAX_LOOP} iterations), not expressions.")
+            raise _forbid(
+                node,
+                f"range() bounds must be integer literals (at most "
+                f"{MAX_LOOP} iterations), not expressions.",
+            )
         if len(bounds) == 3 and bounds[2] == 0:
             raise _forbid(node, "range() step must not be zero.")
         self.loop(len(range(*bounds)), node, lambda: self.body(node.body))
@@ -481,14 +593,21 @@ class _Checker:
 
     def loop(self, n: int, node: ast.AST, inner) -> None:
         if n > MAX_LOOP:
-            raise _err("too_large", node, f"this loop runs {n} iterations; the limit is "
-                       f"{MAX_LOOP}. Use a vectorised jnp expression instead.")
+            raise _err(
+                "too_large",
+                node,
+                f"this loop runs {n} iterations; the limit is "
+                f"{MAX_LOOP}. Use a vectorised jnp expression instead.",
+            )
         total = n
         for m in self.loops:
             total *= max(m, 1)
         if total > MAX_UNROLL:
-            raise _err("too_large", node, f"nested loops run {total} iterations in total; "
-                       f"the limit is {MAX_UNROLL}.")
+            raise _err(
+                "too_large",
+                node,
+                f"nested loops run {total} iterations in total; the limit is {MAX_UNROLL}.",
+            )
         self.loops.append(n)
         try:
             inner()
@@ -503,8 +622,10 @@ class _Checker:
             for e in node.elts:
                 self.target(e)
         elif isinstance(node, ast.Subscript):
-            raise _forbid(node, "item assignment `x[i] = v` does not work on JAX arrays; "
-                          "use `x = x.at[i].set(v)`.")
+            raise _forbid(
+                node,
+                "item assignment `x[i] = v` does not work on JAX arrays; use `x = x.at[i].set(v)`.",
+            )
         elif isinstance(node, ast.Starred):
             raise _forbid(node, "`*` unpacking in assignments is not allowed.")
         else:
@@ -515,8 +636,9 @@ class _Checker:
         if "__" in name:
             raise _forbid(node, f"names with double underscores (`{name}`) are not allowed.")
         if name in MODULE_ROOTS or name in BUILTINS or name in _DANGEROUS or name == "update_fn":
-            raise _forbid(node, f"`{name}` is reserved and cannot be assigned; pick another "
-                          "variable name.")
+            raise _forbid(
+                node, f"`{name}` is reserved and cannot be assigned; pick another variable name."
+            )
 
     # -- expressions
     def visit_Name(self, node: ast.Name) -> None:
@@ -529,8 +651,7 @@ class _Checker:
         if self.in_scope(name):
             return
         if name == "range":
-            raise _forbid(node, f"range() is only allowed as `for i in range(N)`, N <= "
-                          f"{MAX_LOOP}.")
+            raise _forbid(node, f"range() is only allowed as `for i in range(N)`, N <= {MAX_LOOP}.")
         if name in BUILTINS:
             return
         if name in MODULE_ROOTS:
@@ -538,12 +659,18 @@ class _Checker:
         if name == "update_fn":
             raise _forbid(node, "update_fn may not refer to itself (no recursion).")
         if name in _DANGEROUS:
-            raise _forbid(node, f"`{name}` is not allowed; only jnp/jax.lax/jax.random/"
-                          "jax.nn functions and abs, min, max, float, int, bool, len.")
+            raise _forbid(
+                node,
+                f"`{name}` is not allowed; only jnp/jax.lax/jax.random/"
+                "jax.nn functions and abs, min, max, float, int, bool, len.",
+            )
         if name in ("np", "numpy", "math", "scipy", "torch"):
             raise _forbid(node, f"`{name}` is not available; use jnp (jax.numpy) functions.")
-        raise _forbid(node, f"name `{name}` is not defined; only the parameters, your own "
-                      "variables, jnp, jax, lax and abs/min/max/float/int/bool/len exist.")
+        raise _forbid(
+            node,
+            f"name `{name}` is not defined; only the parameters, your own "
+            "variables, jnp, jax, lax and abs/min/max/float/int/bool/len exist.",
+        )
 
     def visit_Constant(self, node: ast.Constant) -> None:
         v = node.value
@@ -551,8 +678,11 @@ class _Checker:
             return
         if isinstance(v, complex):
             raise _forbid(node, "complex literals are not allowed; updates must be real.")
-        raise _forbid(node, "string and bytes constants are not allowed (a string is only "
-                      "allowed as a docstring or a comment statement).")
+        raise _forbid(
+            node,
+            "string and bytes constants are not allowed (a string is only "
+            "allowed as a docstring or a comment statement).",
+        )
 
     def binop(self, op: ast.operator, node: ast.AST) -> None:
         if not isinstance(op, _BINOPS):
@@ -564,8 +694,9 @@ class _Checker:
             isinstance(node.left, (ast.Tuple, ast.List))
             or isinstance(node.right, (ast.Tuple, ast.List))
         ):
-            raise _forbid(node, "repeating a tuple or list with `*` is not allowed; use "
-                          "jnp.full or jnp.tile.")
+            raise _forbid(
+                node, "repeating a tuple or list with `*` is not allowed; use jnp.full or jnp.tile."
+            )
         self.visit(node.left)
         self.visit(node.right)
 
@@ -579,8 +710,10 @@ class _Checker:
     def visit_Compare(self, node: ast.Compare) -> None:
         for op in node.ops:
             if not isinstance(op, _CMPOPS):
-                raise _forbid(node, f"comparison `{type(op).__name__}` is not allowed; use "
-                              "==, !=, <, <=, >, >=.")
+                raise _forbid(
+                    node,
+                    f"comparison `{type(op).__name__}` is not allowed; use ==, !=, <, <=, >, >=.",
+                )
         self.visit(node.left)
         for c in node.comparators:
             self.visit(c)
@@ -611,16 +744,23 @@ class _Checker:
             resolve_module_path(parts, node)
             return
         if node.attr.startswith("_"):
-            raise _forbid(node, f"attribute `.{node.attr}` is not allowed (no private or "
-                          "dunder attributes).")
+            raise _forbid(
+                node, f"attribute `.{node.attr}` is not allowed (no private or dunder attributes)."
+            )
         self.visit(node.value)  # an undefined root (`np.sign`) is the clearer error
         if node.attr not in ARRAY_ATTRS:
-            raise _forbid(node, f"attribute `.{node.attr}` is not allowed; arrays allow "
-                          f"{', '.join(sorted(ARRAY_ATTRS))}.")
+            raise _forbid(
+                node,
+                f"attribute `.{node.attr}` is not allowed; arrays allow "
+                f"{', '.join(sorted(ARRAY_ATTRS))}.",
+            )
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
-        raise _forbid(node, "lambdas are only allowed as arguments of jax/jnp calls, e.g. "
-                      "`jax.lax.cond(p, lambda: a, lambda: b)`.")
+        raise _forbid(
+            node,
+            "lambdas are only allowed as arguments of jax/jnp calls, e.g. "
+            "`jax.lax.cond(p, lambda: a, lambda: b)`.",
+        )
 
     def lambda_arg(self, node: ast.Lambda) -> None:
         a = node.args
@@ -650,9 +790,12 @@ class _Checker:
             if name == "update_fn":
                 raise _forbid(node, "update_fn may not call itself (no recursion).")
             if self.in_scope(name):
-                raise _forbid(node, f"calling `{name}` is not allowed: only jnp/jax.lax/"
-                              "jax.random/jax.nn functions and abs, min, max, float, int, "
-                              "bool, len may be called; inline the expression.")
+                raise _forbid(
+                    node,
+                    f"calling `{name}` is not allowed: only jnp/jax.lax/"
+                    "jax.random/jax.nn functions and abs, min, max, float, int, "
+                    "bool, len may be called; inline the expression.",
+                )
             self.visit(func)  # builtins pass, everything else is rejected with a reason
         elif isinstance(func, ast.Attribute):
             parts = _dotted(func)
@@ -665,8 +808,11 @@ class _Checker:
             else:
                 self.visit(func)
         else:
-            raise _forbid(node, "only jnp/jax.lax/jax.random/jax.nn functions and abs, min, "
-                          "max, float, int, bool, len may be called.")
+            raise _forbid(
+                node,
+                "only jnp/jax.lax/jax.random/jax.nn functions and abs, min, "
+                "max, float, int, bool, len may be called.",
+            )
         for value in [*node.args, *(k.value for k in node.keywords)]:
             if isinstance(value, ast.Lambda) and module_call:
                 self.lambda_arg(value)
@@ -675,12 +821,16 @@ class _Checker:
 
     def fori_loop(self, node: ast.Call) -> None:
         if len(node.args) < 2:
-            raise _forbid(node, "jax.lax.fori_loop(lower, upper, body, init) needs literal "
-                          "integer bounds.")
+            raise _forbid(
+                node, "jax.lax.fori_loop(lower, upper, body, init) needs literal integer bounds."
+            )
         lo, hi = _int_literal(node.args[0]), _int_literal(node.args[1])
         if lo is None or hi is None:
-            raise _forbid(node, f"jax.lax.fori_loop bounds must be integer literals (at "
-                          f"most {MAX_LOOP} iterations), not expressions.")
+            raise _forbid(
+                node,
+                f"jax.lax.fori_loop bounds must be integer literals (at "
+                f"most {MAX_LOOP} iterations), not expressions.",
+            )
 
         def inner() -> None:
             for value in [*node.args[2:], *(k.value for k in node.keywords)]:

@@ -84,7 +84,7 @@ def journal_files(directory: str | os.PathLike) -> list[Path]:
     if not compactions:
         return sorted(files)
     newest = compactions[-1]
-    covered = "part-" + newest.name[len("compact-"):]  # the last part file it holds
+    covered = "part-" + newest.name[len("compact-") :]  # the last part file it holds
     rest = [f for f in files if f.name.startswith("part-") and f.name > covered]
     others = [f for f in files if not f.name.startswith(("part-", "compact-"))]
     return [newest, *sorted(rest), *sorted(others)]
@@ -115,16 +115,18 @@ def compact(run_dir: str | os.PathLike, min_files: int = 2) -> int:
         return 0
     last = max(parts, key=lambda f: f.name)
     table = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table()
-    name = "compact-" + last.name[len("part-"):]
+    name = "compact-" + last.name[len("part-") :]
     tmp = directory / f".tmp-{name}"
     pq.write_table(table, tmp, compression="zstd", row_group_size=100_000)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, directory / name)
-    covered = "part-" + name[len("compact-"):]
+    covered = "part-" + name[len("compact-") :]
     stale = [  # invisible to readers now; also parts an interrupted compaction left behind
-        f for f in directory.glob("*.parquet")
-        if f.name != name and (f.name.startswith("compact-") or (f.name.startswith("part-") and f.name <= covered))
+        f
+        for f in directory.glob("*.parquet")
+        if f.name != name
+        and (f.name.startswith("compact-") or (f.name.startswith("part-") and f.name <= covered))
     ]
     for f in stale:
         f.unlink(missing_ok=True)

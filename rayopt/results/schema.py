@@ -58,7 +58,10 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "error_kind": (pa.string(), "structured error kind (syntax, forbidden, shape, timeout, ...)"),
     "error_line": (pa.int32(), "line of the error in the code, when known"),
     "error": (pa.string(), "short error message"),
-    "ref_candidate_id": (pa.string(), "duplicate: the earlier candidate; migrated: the copy's source"),
+    "ref_candidate_id": (
+        pa.string(),
+        "duplicate: the earlier candidate; migrated: the copy's source",
+    ),
     "dest_island": (pa.int32(), "migrated: the receiving island"),
     "context_ids": (pa.list_(pa.string()), "generation_start: the context optimisers shown"),
     # model calls
@@ -76,7 +79,10 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
 }
 
 SCHEMA = pa.schema(
-    [pa.field(name, dtype, nullable=True, metadata={"doc": doc}) for name, (dtype, doc) in COLUMNS.items()],
+    [
+        pa.field(name, dtype, nullable=True, metadata={"doc": doc})
+        for name, (dtype, doc) in COLUMNS.items()
+    ],
     metadata={"rayopt_schema_version": str(SCHEMA_VERSION)},
 )
 

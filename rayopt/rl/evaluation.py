@@ -52,7 +52,10 @@ def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
 
 
 def evaluate(
-    spec: OptimiserSpec, config: PPOConfig, seeds: Sequence[int], fast_compile: bool = False,
+    spec: OptimiserSpec,
+    config: PPOConfig,
+    seeds: Sequence[int],
+    fast_compile: bool = False,
     keep: bool = True,
 ) -> EnvResult:
     """Train PPO with ``spec`` on ``config.env`` once per seed.
@@ -84,7 +87,9 @@ def release() -> None:
     _TRAINERS.clear()
 
 
-def random_policy_return(env: str, num_envs: int = 64, num_steps: int = 2000, seed: int = 0) -> float:
+def random_policy_return(
+    env: str, num_envs: int = 64, num_steps: int = 2000, seed: int = 0
+) -> float:
     """Mean return of the episodes a uniform random policy completes in ``num_steps``
     steps of ``num_envs`` environments (NaN if none completes): the floor below which
     the discovery cascade calls a candidate collapsed."""

@@ -126,4 +126,3 @@ def train_seeds(
     run_s = time.perf_counter() - t0
     metrics = Metrics(*(np.asarray(x)[: len(seeds)] for x in out))
     return TrainResult(metrics, compile_s, run_s)
-

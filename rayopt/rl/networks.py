@@ -38,9 +38,13 @@ class MLP(nn.Module):
         act = ACTIVATIONS[self.activation]
         acts = []
         for _ in range(self.depth):
-            x = act(nn.Dense(self.width, kernel_init=orthogonal(np.sqrt(2)), bias_init=constant(0.0))(x))
+            x = act(
+                nn.Dense(self.width, kernel_init=orthogonal(np.sqrt(2)), bias_init=constant(0.0))(x)
+            )
             acts.append(_mean_abs(x))
-        x = nn.Dense(self.out_dim, kernel_init=orthogonal(self.out_scale), bias_init=constant(0.0))(x)
+        x = nn.Dense(self.out_dim, kernel_init=orthogonal(self.out_scale), bias_init=constant(0.0))(
+            x
+        )
         acts.append(_mean_abs(x))
         return x, tuple(acts)
 
@@ -63,9 +67,7 @@ def layer_tree(network_params: dict, values: Sequence) -> dict:
     """Map one value per layer (``Dense_i``) onto a network's ``{kernel, bias}`` leaves."""
     layers = network_params["params"]
     return {
-        "params": {
-            name: {leaf: values[_index(name)] for leaf in layers[name]} for name in layers
-        }
+        "params": {name: {leaf: values[_index(name)] for leaf in layers[name]} for name in layers}
     }
 
 

@@ -172,9 +172,10 @@ def make_train(config: PPOConfig, optimiser: optax.GradientTransformationExtraAr
         log_probs = jax.nn.log_softmax(logits)
         log_prob = jnp.take_along_axis(log_probs, batch.action[:, None], axis=-1)[:, 0]
         value_clipped = batch.value + jnp.clip(value - batch.value, -cfg.clip_eps, cfg.clip_eps)
-        value_loss = 0.5 * jnp.maximum(
-            jnp.square(value - targets), jnp.square(value_clipped - targets)
-        ).mean()
+        value_loss = (
+            0.5
+            * jnp.maximum(jnp.square(value - targets), jnp.square(value_clipped - targets)).mean()
+        )
         ratio = jnp.exp(log_prob - batch.log_prob)
         adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         clipped = jnp.clip(ratio, 1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps)
@@ -214,8 +215,16 @@ def make_train(config: PPOConfig, optimiser: optax.GradientTransformationExtraAr
                 final_value = jnp.zeros_like(value)
                 term = done
             t = Transition(
-                obs, action, reward, term, done, value, log_prob, final_value,
-                info["returned_episode_returns"], info["returned_episode_valid"],
+                obs,
+                action,
+                reward,
+                term,
+                done,
+                value,
+                log_prob,
+                final_value,
+                info["returned_episode_returns"],
+                info["returned_episode_valid"],
             )
             return (params, env_state, next_obs, key), t
 
@@ -301,7 +310,9 @@ def make_train(config: PPOConfig, optimiser: optax.GradientTransformationExtraAr
         )
         defined = jnp.isfinite(curve)
         auc = jnp.where(
-            defined.any(), jnp.where(defined, curve, 0.0).sum() / jnp.maximum(defined.sum(), 1), jnp.nan
+            defined.any(),
+            jnp.where(defined, curve, 0.0).sum() / jnp.maximum(defined.sum(), 1),
+            jnp.nan,
         )
         return Metrics(curve, curve[-1], auc, finite)
 

@@ -56,15 +56,25 @@ class Candidate:
     def lineage_row(self) -> dict[str, Any]:
         """The journal columns that describe this candidate."""
         return dict(
-            candidate_id=self.id, parent_id=self.parent_id, base_id=self.base_id,
-            optimizer=self.name or self.id, code=self.code, idea=self.idea, thought=self.thought,
-            mutator=self.mutator, code_hash=self.code_hash, fingerprint=self.fingerprint,
-            literal_count=self.literal_count, new_literals=self.new_literals,
+            candidate_id=self.id,
+            parent_id=self.parent_id,
+            base_id=self.base_id,
+            optimizer=self.name or self.id,
+            code=self.code,
+            idea=self.idea,
+            thought=self.thought,
+            mutator=self.mutator,
+            code_hash=self.code_hash,
+            fingerprint=self.fingerprint,
+            literal_count=self.literal_count,
+            new_literals=self.new_literals,
         )
 
 
 def average_ranks(
-    scores: Sequence[dict[str, float]], envs: Sequence[str], penalties: Sequence[float] | None = None
+    scores: Sequence[dict[str, float]],
+    envs: Sequence[str],
+    penalties: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Mean over environments of each member's rank by final return (1 = best).
 
@@ -130,8 +140,11 @@ class Archive:
         out: list[Candidate] = []
         for env in self.envs:
             best = max(
-                (c for c in self.members.values()
-                 if c.id != exclude and math.isfinite(c.final_return.get(env, math.nan))),
+                (
+                    c
+                    for c in self.members.values()
+                    if c.id != exclude and math.isfinite(c.final_return.get(env, math.nan))
+                ),
                 key=lambda c: c.final_return[env],
                 default=None,
             )

@@ -85,8 +85,14 @@ class Search:
 class Discovery:
     """Run (or resume) a discovery in ``run_dir`` with ``config``."""
 
-    def __init__(self, config: DiscoveryConfig, run_dir: str | Path, resume: bool = False,
-                 evaluator_pool: EvaluatorPool | None = None, mutator_pool: MutatorPool | None = None):
+    def __init__(
+        self,
+        config: DiscoveryConfig,
+        run_dir: str | Path,
+        resume: bool = False,
+        evaluator_pool: EvaluatorPool | None = None,
+        mutator_pool: MutatorPool | None = None,
+    ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -96,7 +102,9 @@ class Discovery:
         self.searches: list[Search] = []
         self.random_floor: dict[str, float] = {}
         self.cost_usd = 0.0
-        self._budget = (config.mutator.llm or {}).get("budget_usd") if config.mutator.kind == "llm" else None
+        self._budget = (
+            (config.mutator.llm or {}).get("budget_usd") if config.mutator.kind == "llm" else None
+        )
         self._t0 = time.monotonic()
         self._ranks: dict[int, list[float]] = {}
         self._owned: list[Any] = []  # actors this discovery started (and stops)
@@ -104,14 +112,21 @@ class Discovery:
 
     # ------------------------------------------------------------ set-up
     @classmethod
-    def create(cls, config: DiscoveryConfig, run_dir: str | Path | None = None, **pools: Any) -> Discovery:
+    def create(
+        cls, config: DiscoveryConfig, run_dir: str | Path | None = None, **pools: Any
+    ) -> Discovery:
         if run_dir is None:  # OUT_DIR/NAME, or NAME-1, NAME-2 ... if taken
             base = Path(config.out_dir) / config.name
-            run_dir = next(p for p in (base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 10_000)))
-                           if not _holds_run(p))
+            run_dir = next(
+                p
+                for p in (base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 10_000)))
+                if not _holds_run(p)
+            )
         run_dir = Path(run_dir)
         if _holds_run(run_dir):
-            raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume {run_dir}")
+            raise FileExistsError(
+                f"{run_dir} already holds a run: resume it with --resume {run_dir}"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(dump(config))
         return cls(config, run_dir, **pools)
@@ -128,14 +143,15 @@ class Discovery:
         cfg = self.config
         if self.evaluators is None:
             self._fleet = start_evaluators(cfg)
-            self.evaluators = EvaluatorPool(list(self._fleet),
-                                            max_attempts=cfg.search.max_eval_attempts)
+            self.evaluators = EvaluatorPool(
+                list(self._fleet), max_attempts=cfg.search.max_eval_attempts
+            )
         if self.mutators is None:
             llm = dict(cfg.mutator.llm)
             actors = [
-                MutatorActor.options(max_concurrency=cfg.mutator.proposals_per_actor,
-                                     **control_options())
-                .remote(cfg.mutator.kind, llm)
+                MutatorActor.options(
+                    max_concurrency=cfg.mutator.proposals_per_actor, **control_options()
+                ).remote(cfg.mutator.kind, llm)
                 for _ in range(cfg.mutator.actors)
             ]
             self._owned += actors
@@ -164,8 +180,10 @@ class Discovery:
             history = self._read_journal() if self.resume else None
             penalty = cfg.search.literal_penalty if cfg.search.literal_policy == "penalise" else 0.0
             for ms in cfg.meta_seeds:
-                islands = [IslandActor.options(**control_options()).remote(ms, i, cfg.envs, penalty)
-                           for i in range(cfg.islands.count)]
+                islands = [
+                    IslandActor.options(**control_options()).remote(ms, i, cfg.envs, penalty)
+                    for i in range(cfg.islands.count)
+                ]
                 n = cfg.islands.count
                 self.searches.append(Search(ms, self._run_id(ms), islands, [0] * n, [0] * n))
             await asyncio.gather(*(self._initialise(s, history) for s in self.searches))
@@ -227,10 +245,13 @@ class Discovery:
             if cid in done:
                 ready.append(done[cid])
             else:
-                todo.append(created.get(cid) or Candidate(id=cid, code=SYMBOLIC[name], name=name,
-                                                          mutator="library"))
-        results = await asyncio.gather(*(self._assess(s, c, None, 0, created=c.id not in created)
-                                         for c in todo))
+                todo.append(
+                    created.get(cid)
+                    or Candidate(id=cid, code=SYMBOLIC[name], name=name, mutator="library")
+                )
+        results = await asyncio.gather(
+            *(self._assess(s, c, None, 0, created=c.id not in created) for c in todo)
+        )
         ready += [c for c in results if c is not None]
         for c in ready:
             self._index(s, c)
@@ -247,7 +268,8 @@ class Discovery:
             return
         spec = resolve(name, open_weights=self.config.open_weights)
         c = (state or {}).get("created", {}).get(cid) or Candidate(
-            id=cid, code=spec.code or "", name=spec.name, mutator="reference")
+            id=cid, code=spec.code or "", name=spec.name, mutator="reference"
+        )
         where = dict(island=None, generation=0, step=0, **c.lineage_row())
         if not (state and cid in state["created"]):
             self._write(s, [dict(event="created", **where)])
@@ -256,10 +278,22 @@ class Discovery:
     # ------------------------------------------------------------ one generation
     async def _generation(self, s: Search, island: int, generation: int) -> None:
         cfg = self.config
-        base, context = await s.islands[island].select.remote(generation, cfg.search.top_k, cfg.search.exploit_p)
-        self._write(s, [dict(event="generation_start", island=island, generation=generation,
-                             base_id=base.id, ref_candidate_id=base.id,
-                             context_ids=[c.id for c in context])])
+        base, context = await s.islands[island].select.remote(
+            generation, cfg.search.top_k, cfg.search.exploit_p
+        )
+        self._write(
+            s,
+            [
+                dict(
+                    event="generation_start",
+                    island=island,
+                    generation=generation,
+                    base_id=base.id,
+                    ref_candidate_id=base.id,
+                    context_ids=[c.id for c in context],
+                )
+            ],
+        )
         await self._continue(s, Lineage(island, generation, base, context))
 
     async def _continue(self, s: Search, lin: Lineage) -> None:
@@ -281,53 +315,117 @@ class Discovery:
                 if cand.duplicate_of is None:
                     lin.evaluated.append(cand)
         await s.islands[lin.island].add.remote(lin.evaluated)
-        self._write(s, [dict(event="generation_end", island=lin.island, generation=lin.generation,
-                             base_id=lin.base.id, status=f"{len(lin.evaluated)} evaluated")])
+        self._write(
+            s,
+            [
+                dict(
+                    event="generation_end",
+                    island=lin.island,
+                    generation=lin.generation,
+                    base_id=lin.base.id,
+                    status=f"{len(lin.evaluated)} evaluated",
+                )
+            ],
+        )
         s.finished[lin.island] += 1
         done = s.finished[lin.island]
         if done % cfg.islands.interval == 0:
             await self._migrate(s, lin.island, done)
 
-    async def _refine(self, s: Search, lin: Lineage, step: int, current: Candidate) -> Candidate | None:
+    async def _refine(
+        self, s: Search, lin: Lineage, step: int, current: Candidate
+    ) -> Candidate | None:
         """One refinement step: mutate ``current`` and assess the result."""
         request = MutationRequest(
             current=current.scored(),
             context=tuple(c.scored() for c in lin.context),
             history=tuple(c.scored() for c in lin.history),
-            seed=s.meta_seed, run_id=s.run_id, island=lin.island, generation=lin.generation, step=step,
+            seed=s.meta_seed,
+            run_id=s.run_id,
+            island=lin.island,
+            generation=lin.generation,
+            step=step,
         )
         assert self.mutators is not None
         try:
             checked: Checked = await self.mutators.propose(request)
         except Exception as err:  # noqa: BLE001 - a crashed mutator never stops a run
-            checked = Checked(MutationResult(ok=False, mutator=self.config.mutator.kind,
-                                             error=f"mutator crashed: {type(err).__name__}: {err}"[:500]))
+            checked = Checked(
+                MutationResult(
+                    ok=False,
+                    mutator=self.config.mutator.kind,
+                    error=f"mutator crashed: {type(err).__name__}: {err}"[:500],
+                )
+            )
         res = checked.result
         where = dict(island=lin.island, generation=lin.generation, step=step)
-        calls = [dict(event="llm_call", **where, role=c.role, provider=c.provider, model=c.model,
-                      attempt=c.attempt, status="ok" if c.ok else "error", latency_s=c.latency_s,
-                      tokens_in=c.tokens_in, tokens_out=c.tokens_out, cost_usd=c.cost_usd,
-                      error=c.error, mutator=res.mutator, parent_id=current.id)
-                 for c in res.calls]
+        calls = [
+            dict(
+                event="llm_call",
+                **where,
+                role=c.role,
+                provider=c.provider,
+                model=c.model,
+                attempt=c.attempt,
+                status="ok" if c.ok else "error",
+                latency_s=c.latency_s,
+                tokens_in=c.tokens_in,
+                tokens_out=c.tokens_out,
+                cost_usd=c.cost_usd,
+                error=c.error,
+                mutator=res.mutator,
+                parent_id=current.id,
+            )
+            for c in res.calls
+        ]
         self.cost_usd += res.cost_usd
         if not res.ok:
-            self._write(s, [*calls, dict(event="mutation_failed", **where, mutator=res.mutator,
-                                         parent_id=current.id, base_id=lin.base.id, error=res.error)])
+            self._write(
+                s,
+                [
+                    *calls,
+                    dict(
+                        event="mutation_failed",
+                        **where,
+                        mutator=res.mutator,
+                        parent_id=current.id,
+                        base_id=lin.base.id,
+                        error=res.error,
+                    ),
+                ],
+            )
             return None
         cand = Candidate(
-            id=f"i{lin.island}-g{lin.generation}-s{step}", code=res.code or "", island=lin.island,
-            generation=lin.generation, step=step, parent_id=current.id, base_id=lin.base.id,
-            mutator=res.mutator, idea=res.idea, thought=res.thought, code_hash=checked.code_hash,
-            fingerprint=checked.fingerprint, literal_count=checked.literal_count,
+            id=f"i{lin.island}-g{lin.generation}-s{step}",
+            code=res.code or "",
+            island=lin.island,
+            generation=lin.generation,
+            step=step,
+            parent_id=current.id,
+            base_id=lin.base.id,
+            mutator=res.mutator,
+            idea=res.idea,
+            thought=res.thought,
+            code_hash=checked.code_hash,
+            fingerprint=checked.fingerprint,
+            literal_count=checked.literal_count,
             new_literals=checked.new_literals,
         )
-        return await self._assess(s, cand, lin.island, lin.generation, created=True,
-                                  checked=checked, preface=calls)
+        return await self._assess(
+            s, cand, lin.island, lin.generation, created=True, checked=checked, preface=calls
+        )
 
     # ------------------------------------------------------------ the cascade
-    async def _assess(self, s: Search, c: Candidate, island: int | None, generation: int,
-                      created: bool, checked: Checked | None = None,
-                      preface: list[dict] | None = None) -> Candidate | None:
+    async def _assess(
+        self,
+        s: Search,
+        c: Candidate,
+        island: int | None,
+        generation: int,
+        created: bool,
+        checked: Checked | None = None,
+        preface: list[dict] | None = None,
+    ) -> Candidate | None:
         """Check, deduplicate, screen and fully evaluate ``c``; None if it fell out.
 
         Each decision is written in one part file together with the rows it rests on
@@ -343,26 +441,50 @@ class Discovery:
         pending = [*(preface or []), *([dict(event="created", **where)] if created else [])]
         s.candidates.setdefault(c.id, c)
         if not checked.ok:
-            self._write(s, [*pending, dict(event="invalid", **where, error_kind=checked.error_kind,
-                                           error_line=checked.error_line, error=checked.error)])
+            self._write(
+                s,
+                [
+                    *pending,
+                    dict(
+                        event="invalid",
+                        **where,
+                        error_kind=checked.error_kind,
+                        error_line=checked.error_line,
+                        error=checked.error,
+                    ),
+                ],
+            )
             return None
         if c.mutator not in ("library", "reference"):
             if cfg.cascade.dedup:
                 orig = s.by_hash.get(c.code_hash or "") or s.by_fingerprint.get(c.fingerprint or "")
                 if orig is not None and orig.id != c.id:
                     same = "same hash" if orig.code_hash == c.code_hash else "same fingerprint"
-                    self._write(s, [*pending, dict(event="duplicate", **where,
-                                                   ref_candidate_id=orig.id, status=same)])
+                    self._write(
+                        s,
+                        [
+                            *pending,
+                            dict(event="duplicate", **where, ref_candidate_id=orig.id, status=same),
+                        ],
+                    )
                     return _copy_scores(c, orig)
-            if cfg.search.literal_policy == "reject" and c.new_literals > cfg.search.max_new_literals:
-                why = f"introduces {c.new_literals} tunable literals (max {cfg.search.max_new_literals})"
+            if (
+                cfg.search.literal_policy == "reject"
+                and c.new_literals > cfg.search.max_new_literals
+            ):
+                limit = cfg.search.max_new_literals
+                why = f"introduces {c.new_literals} tunable literals (max {limit})"
                 self._write(s, [*pending, dict(event="rejected", **where, error=why)])
                 return None
         self._write(s, pending)
         spec = OptimiserSpec(name=c.name or c.id, kind="symbolic", code=c.code)
-        if cfg.cascade.enabled and c.mutator not in ("library", "reference") and c.id not in s.screened:
-            if not await self._screen(s, c, spec, where):
-                return None
+        if (
+            cfg.cascade.enabled
+            and c.mutator not in ("library", "reference")
+            and c.id not in s.screened
+            and not await self._screen(s, c, spec, where)
+        ):
+            return None
         return await self._evaluate_all(s, c, spec, where)
 
     async def _screen(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> bool:
@@ -370,8 +492,9 @@ class Discovery:
         cfg = self.config
         env = cfg.cascade.env
         ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
-        task = EvalTask(f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)),
-                        fast_compile=True)
+        task = EvalTask(
+            f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)), fast_compile=True
+        )
         out = await self.evaluators.run(task)
         why = ""
         if not out.ok:
@@ -382,27 +505,48 @@ class Discovery:
             floor = await self._random_floor(env)
             ret = float(np.nanmean(out.final_return))
             if math.isfinite(floor) and not ret >= cfg.cascade.random_margin * floor:
-                why = (f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x "
-                       f"random policy {floor:.3g}")
-        verdict = dict(event="screened_out", **where, error=why) if why else dict(event="screened", **where)
+                why = (
+                    f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x "
+                    f"random policy {floor:.3g}"
+                )
+        verdict = (
+            dict(event="screened_out", **where, error=why)
+            if why
+            else dict(event="screened", **where)
+        )
         self._write(s, [*self._rows(out, where, stage="screen"), verdict])
         s.screened.add(c.id)
         return not why
 
-    async def _evaluate_all(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> Candidate | None:
+    async def _evaluate_all(
+        self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict
+    ) -> Candidate | None:
         """Every environment not yet journalled for ``c``, then the verdict."""
         cfg = self.config
-        outcomes = await asyncio.gather(*(self._evaluate(s, c, spec, env, where) for env in cfg.envs
-                                          if env not in c.final_return))
+        outcomes = await asyncio.gather(
+            *(
+                self._evaluate(s, c, spec, env, where)
+                for env in cfg.envs
+                if env not in c.final_return
+            )
+        )
         failed = [o for o in outcomes if not o.ok]
         if failed or c.id in s.failed_envs:
             s.failed += 1
             f = failed[0] if failed else None
-            self._write(s, [dict(event="evaluation_failed", **where,
-                                 env=f.task.config.env if f else s.failed_envs[c.id],
-                                 attempt=f.attempts if f else None,
-                                 error_kind=f.error_kind if f else "evaluation",
-                                 error=f.error if f else "failed before the crash (see its rows)")])
+            self._write(
+                s,
+                [
+                    dict(
+                        event="evaluation_failed",
+                        **where,
+                        env=f.task.config.env if f else s.failed_envs[c.id],
+                        attempt=f.attempts if f else None,
+                        error_kind=f.error_kind if f else "evaluation",
+                        error=f.error if f else "failed before the crash (see its rows)",
+                    )
+                ],
+            )
             return None
         if c.mutator != "reference":
             s.evaluated += 1
@@ -420,10 +564,17 @@ class Discovery:
                 self.random_floor[env] = math.nan
         return self.random_floor[env]
 
-    async def _evaluate(self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict) -> EvalOutcome:
+    async def _evaluate(
+        self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict
+    ) -> EvalOutcome:
         cfg = self.config
-        task = EvalTask(f"{c.id}/full/{env}", spec, cfg.ppo_config(env), tuple(range(cfg.seeds)),
-                        fast_compile=cfg.evaluator.fast_compile)
+        task = EvalTask(
+            f"{c.id}/full/{env}",
+            spec,
+            cfg.ppo_config(env),
+            tuple(range(cfg.seeds)),
+            fast_compile=cfg.evaluator.fast_compile,
+        )
         out = await self.evaluators.run(task)
         self._write(s, self._rows(out, where, stage="full"))
         if out.ok:
@@ -445,23 +596,45 @@ class Discovery:
     # ------------------------------------------------------------ migration
     async def _migrate(self, s: Search, island: int, done: int) -> None:
         cfg = self.config
-        dests = neighbours(cfg.islands.topology, island, cfg.islands.count,
-                           selection_rng(s.meta_seed, island, 10_000 + done))
+        dests = neighbours(
+            cfg.islands.topology,
+            island,
+            cfg.islands.count,
+            selection_rng(s.meta_seed, island, 10_000 + done),
+        )
         if not dests or cfg.islands.migrants == 0:
             return
         best: list[Candidate] = await s.islands[island].best.remote(cfg.islands.migrants)
         for d in dests:
             await s.islands[d].add.remote(best)
-        self._write(s, [dict(event="migrated", island=island, generation=done, dest_island=d,
-                             candidate_id=c.id, ref_candidate_id=c.id, parent_id=c.parent_id)
-                        for d in dests for c in best])
+        self._write(
+            s,
+            [
+                dict(
+                    event="migrated",
+                    island=island,
+                    generation=done,
+                    dest_island=d,
+                    candidate_id=c.id,
+                    ref_candidate_id=c.id,
+                    parent_id=c.parent_id,
+                )
+                for d in dests
+                for c in best
+            ],
+        )
 
     # ------------------------------------------------------------ journal
     def _write(self, s: Search, rows: list[dict]) -> None:
         if rows:
-            self.journal.write([{"row_type": "event", **r, "run_id": s.run_id, "meta_seed": s.meta_seed}
-                                if "row_type" not in r else {**r, "run_id": s.run_id, "meta_seed": s.meta_seed}
-                                for r in rows])
+            self.journal.write(
+                [
+                    {"row_type": "event", **r, "run_id": s.run_id, "meta_seed": s.meta_seed}
+                    if "row_type" not in r
+                    else {**r, "run_id": s.run_id, "meta_seed": s.meta_seed}
+                    for r in rows
+                ]
+            )
 
     def _over_budget(self) -> bool:
         return self._budget is not None and self.cost_usd >= float(self._budget)
@@ -476,7 +649,14 @@ class Discovery:
         for r in rows:
             by_run[r["run_id"]].append(r)
         out: dict[str, Any] = {}
-        verdicts = ("invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated")
+        verdicts = (
+            "invalid",
+            "duplicate",
+            "rejected",
+            "screened_out",
+            "evaluation_failed",
+            "evaluated",
+        )
         for run_id, rs in by_run.items():
             created: dict[str, Candidate] = {}
             full: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
@@ -506,8 +686,14 @@ class Discovery:
                     c.auc[env] = float(np.nanmean([e["auc"] for e in erows]))
                     c.curves[env] = np.nanmean([e["return_curve"] for e in erows], axis=0).tolist()
             evaluated = {cid: c for cid, c in created.items() if terminal.get(cid) == "evaluated"}
-            out[run_id] = dict(rows=rs, created=created, terminal=terminal, evaluated=evaluated,
-                               screened=screened, failed_envs=failed_envs)
+            out[run_id] = dict(
+                rows=rs,
+                created=created,
+                terminal=terminal,
+                evaluated=evaluated,
+                screened=screened,
+                failed_envs=failed_envs,
+            )
         return out
 
     def _restore_flags(self, s: Search, state: dict[str, Any]) -> None:
@@ -533,7 +719,9 @@ class Discovery:
         for r in rs:
             if r["event"] == "generation_end":
                 island, gen = r["island"], r["generation"]
-                members = [c for c in evaluated.values() if c.island == island and c.generation == gen]
+                members = [
+                    c for c in evaluated.values() if c.island == island and c.generation == gen
+                ]
                 await s.islands[island].add.remote(members)
             elif r["event"] == "migrated" and r["candidate_id"] in s.candidates:
                 await s.islands[r["dest_island"]].add.remote([s.candidates[r["candidate_id"]]])
@@ -549,10 +737,13 @@ class Discovery:
                 continue
             base = s.candidates[start["base_id"]]
             context = [s.candidates[i] for i in (start["context_ids"] or []) if i in s.candidates]
-            mine = sorted((c for c in created.values() if c.island == island and c.generation == gen),
-                          key=lambda c: c.step)
-            lin = Lineage(island, gen, base, context,
-                          next_step=max([c.step for c in mine], default=0) + 1)
+            mine = sorted(
+                (c for c in created.values() if c.island == island and c.generation == gen),
+                key=lambda c: c.step,
+            )
+            lin = Lineage(
+                island, gen, base, context, next_step=max([c.step for c in mine], default=0) + 1
+            )
             for c in mine:
                 verdict = terminal.get(c.id)
                 if verdict == "evaluated":
@@ -563,7 +754,9 @@ class Discovery:
                 elif verdict is None:
                     lin.pending.append(c)
             s.resumed.append(lin)
-        s.evaluated = sum(1 for c in evaluated.values() if c.mutator == "offline" or c.mutator == "llm")
+        s.evaluated = sum(
+            1 for c in evaluated.values() if c.mutator == "offline" or c.mutator == "llm"
+        )
 
     # ------------------------------------------------------------ progress
     async def _progress_loop(self) -> None:
@@ -584,24 +777,41 @@ class Discovery:
         for s in self.searches:
             ranks = self._ranks.get(s.meta_seed, [])
             best = " ".join(f"{r:.2f}" for r in ranks)
-            parts.append(f"ms{s.meta_seed}: {s.evaluated} evaluated, gens {sum(s.finished)}/"
-                         f"{self.config.search.generations * self.config.islands.count}, best avg rank/island [{best}]")
+            parts.append(
+                f"ms{s.meta_seed}: {s.evaluated} evaluated, gens {sum(s.finished)}/"
+                f"{self.config.search.generations * self.config.islands.count}, "
+                f"best avg rank/island [{best}]"
+            )
         cost = f" | llm ${self.cost_usd:.2f}" if self.config.mutator.kind == "llm" else ""
-        print(f"[{time.monotonic() - self._t0:7.0f}s] {'done ' if final else ''}" + " | ".join(parts)
-              + f" | evaluator utilisation {util:.0%}{cost}", flush=True)
+        print(
+            f"[{time.monotonic() - self._t0:7.0f}s] {'done ' if final else ''}"
+            + " | ".join(parts)
+            + f" | evaluator utilisation {util:.0%}{cost}",
+            flush=True,
+        )
 
     async def summary(self) -> dict[str, Any]:
         """The best candidates of each meta-seed over the union of its islands."""
         await self._refresh_ranks()
-        out: dict[str, Any] = {"run_dir": str(self.run_dir), "evaluator_utilisation": self.evaluators.utilisation(),
-                               "llm_cost_usd": self.cost_usd, "meta_seeds": {}}
+        out: dict[str, Any] = {
+            "run_dir": str(self.run_dir),
+            "evaluator_utilisation": self.evaluators.utilisation(),
+            "llm_cost_usd": self.cost_usd,
+            "meta_seeds": {},
+        }
         for s in self.searches:
             pool = Archive(self.config.envs)
-            pool.add(c for c in s.candidates.values() if set(self.config.envs) <= set(c.final_return))
+            pool.add(
+                c for c in s.candidates.values() if set(self.config.envs) <= set(c.final_return)
+            )
             best = pool.ranked()[:3]
             out["meta_seeds"][s.meta_seed] = dict(
-                evaluated=s.evaluated, failed=s.failed,
-                best=[dict(id=c.id, avg_rank=r, final_return=c.final_return, idea=c.idea) for c, r in best],
+                evaluated=s.evaluated,
+                failed=s.failed,
+                best=[
+                    dict(id=c.id, avg_rank=r, final_return=c.final_return, idea=c.idea)
+                    for c, r in best
+                ],
             )
         return out
 
@@ -620,17 +830,32 @@ def _holds_run(path: Path) -> bool:
 
 def _copy_scores(dup: Candidate, orig: Candidate) -> Candidate:
     """A duplicate carries the earlier candidate's scores (and is not re-evaluated)."""
-    return dataclasses.replace(dup, duplicate_of=orig.id, final_return=dict(orig.final_return),
-                               auc=dict(orig.auc), curves=dict(orig.curves))
+    return dataclasses.replace(
+        dup,
+        duplicate_of=orig.id,
+        final_return=dict(orig.final_return),
+        auc=dict(orig.auc),
+        curves=dict(orig.curves),
+    )
 
 
 def _candidate_from_row(r: dict) -> Candidate:
     return Candidate(
-        id=r["candidate_id"], code=r["code"], island=r["island"] if r["island"] is not None else 0,
-        generation=r["generation"] or 0, step=r["step"] or 0, parent_id=r["parent_id"], base_id=r["base_id"],
-        mutator=r["mutator"] or "library", name=r["optimizer"] if r["mutator"] == "library" else None,
-        idea=r["idea"], thought=r["thought"], code_hash=r["code_hash"], fingerprint=r["fingerprint"],
-        literal_count=r["literal_count"] or 0, new_literals=r["new_literals"] or 0,
+        id=r["candidate_id"],
+        code=r["code"],
+        island=r["island"] if r["island"] is not None else 0,
+        generation=r["generation"] or 0,
+        step=r["step"] or 0,
+        parent_id=r["parent_id"],
+        base_id=r["base_id"],
+        mutator=r["mutator"] or "library",
+        name=r["optimizer"] if r["mutator"] == "library" else None,
+        idea=r["idea"],
+        thought=r["thought"],
+        code_hash=r["code_hash"],
+        fingerprint=r["fingerprint"],
+        literal_count=r["literal_count"] or 0,
+        new_literals=r["new_literals"] or 0,
     )
 
 
@@ -650,11 +875,17 @@ def init_ray(address: str | None) -> None:
     nodes = [n for n in ray.nodes() if n["Alive"]]
     total = ray.cluster_resources()
     builtin = ("CPU", "GPU", "memory", "object_store_memory")
-    custom = {k: v for k, v in total.items()
-              if k not in builtin and not k.startswith(("node:", "accelerator_type:"))}
-    print(f"ray: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU"
-          + (f", {custom}" if custom else "") + f"; driver on node {_driver_node()[:8]}",
-          flush=True)
+    custom = {
+        k: v
+        for k, v in total.items()
+        if k not in builtin and not k.startswith(("node:", "accelerator_type:"))
+    }
+    print(
+        f"ray: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU"
+        + (f", {custom}" if custom else "")
+        + f"; driver on node {_driver_node()[:8]}",
+        flush=True,
+    )
 
 
 def _driver_node() -> str:
@@ -734,8 +965,11 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
         for n in (n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0):
             c = cpus or n["Resources"]["CPU"]
             where = NodeAffinitySchedulingStrategy(n["NodeID"], soft=True)
-            out.append(EvaluatorActor.options(num_cpus=c, runtime_env={"env_vars": actor_env(0, c)},
-                                              scheduling_strategy=where).remote())
+            out.append(
+                EvaluatorActor.options(
+                    num_cpus=c, runtime_env={"env_vars": actor_env(0, c)}, scheduling_strategy=where
+                ).remote()
+            )
         return out
 
     total = ray.cluster_resources()
@@ -746,7 +980,8 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
             f"no evaluator fits: each needs {per}, the cluster has "
             f"{ {k: total.get(k, 0) for k in per} }. Start nodes that offer these resources "
             "(ray start --num-gpus / --resources), or set evaluator.count (an autoscaling "
-            "cluster then starts nodes for them).")
+            "cluster then starts nodes for them)."
+        )
     if not cpus:  # CPU-only with a count: split the smallest node's CPUs between them
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
         cpus = max(1, int(min(n["Resources"]["CPU"] for n in nodes) // max(1, count // len(nodes))))
@@ -762,12 +997,21 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
                 f"placement group of {count} x {bundle} ({ev.placement_group}) not placed "
                 f"within {ev.placement_timeout_s:g} s; the cluster has "
                 f"{ {k: total.get(k, 0) for k in bundle} } over "
-                f"{sum(1 for n in ray.nodes() if n['Alive'])} node(s)") from None
+                f"{sum(1 for n in ray.nodes() if n['Alive'])} node(s)"
+            ) from None
         out.placement_group = group
-        strategies = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
-                      for i in range(count)]
+        strategies = [
+            PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
+            for i in range(count)
+        ]
     for strategy in strategies:
-        out.append(EvaluatorActor.options(
-            num_cpus=cpus, num_gpus=gpus, resources=custom, scheduling_strategy=strategy,
-            runtime_env={"env_vars": actor_env(gpus, 0 if gpus else cpus)}).remote())
+        out.append(
+            EvaluatorActor.options(
+                num_cpus=cpus,
+                num_gpus=gpus,
+                resources=custom,
+                scheduling_strategy=strategy,
+                runtime_env={"env_vars": actor_env(gpus, 0 if gpus else cpus)},
+            ).remote()
+        )
     return out

@@ -85,10 +85,20 @@ class EvaluatorActor:
     def info(self) -> dict[str, Any]:
         jax = self._jax
         return dict(
-            id=self.id, node=self.node, pid=os.getpid(), backend=jax.default_backend(),
+            id=self.id,
+            node=self.node,
+            pid=os.getpid(),
+            backend=jax.default_backend(),
             devices=[str(d) for d in jax.local_devices()],
             gpu_ids=ray.get_runtime_context().get_accelerator_ids().get("GPU", []),
-            env={k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION", "RAYOPT_HOST_DEVICES")},
+            env={
+                k: os.environ.get(k)
+                for k in (
+                    "CUDA_VISIBLE_DEVICES",
+                    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                    "RAYOPT_HOST_DEVICES",
+                )
+            },
         )
 
     def evaluate(self, task: EvalTask) -> dict[str, Any]:
@@ -101,8 +111,14 @@ class EvaluatorActor:
         keep = task.spec.kind != "symbolic" or SYMBOLIC.get(task.spec.name) == task.spec.code
         r = evaluate(task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=keep)
         return dict(
-            final_return=r.final_return, auc=r.auc, return_curve=r.return_curve, finite=r.finite,
-            compile_s=r.compile_s, run_s=r.run_s, node=self.node, evaluator=self.id,
+            final_return=r.final_return,
+            auc=r.auc,
+            return_curve=r.return_curve,
+            finite=r.finite,
+            compile_s=r.compile_s,
+            run_s=r.run_s,
+            node=self.node,
+            evaluator=self.id,
         )
 
     def release(self) -> None:
@@ -112,7 +128,9 @@ class EvaluatorActor:
         release()
         self._jax.clear_caches()
 
-    def random_return(self, env: str, num_envs: int = 64, num_steps: int = 2000, seed: int = 0) -> float:
+    def random_return(
+        self, env: str, num_envs: int = 64, num_steps: int = 2000, seed: int = 0
+    ) -> float:
         """Mean episodic return of a uniform random policy (the cascade's floor)."""
         from rayopt.rl.evaluation import random_policy_return
 
@@ -186,8 +204,9 @@ class EvaluatorPool:
                     self.busy -= 1
                     slot.busy_s += time.monotonic() - t0
                     free.put_nowait(slot)
-                    return EvalOutcome(task, ok=False, attempts=attempt, error=_short(err),
-                                       error_kind="evaluation")
+                    return EvalOutcome(
+                        task, ok=False, attempts=attempt, error=_short(err), error_kind="evaluation"
+                    )
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
                     self.busy -= 1
@@ -200,8 +219,9 @@ class EvaluatorPool:
                 free.put_nowait(slot)
                 self.done += 1
                 return EvalOutcome(task, ok=True, attempts=attempt, **out)
-            return EvalOutcome(task, ok=False, attempts=self.max_attempts, error=error,
-                               error_kind="evaluator_died")
+            return EvalOutcome(
+                task, ok=False, attempts=self.max_attempts, error=error, error_kind="evaluator_died"
+            )
         finally:
             self.pending -= 1
 
@@ -234,20 +254,44 @@ def outcome_rows(out: EvalOutcome, where: dict[str, Any], stage: str) -> list[di
     evaluation in every journal has the same columns with the same meaning.
     """
     t = out.task
-    common = dict(where, env=t.config.env, stage=stage, total_timesteps=t.config.total_timesteps,
-                  hidden_size=t.config.hidden_size, activation=t.config.activation,
-                  ppo_config=json.dumps(dataclasses.asdict(t.config)), attempt=out.attempts,
-                  node=out.node, evaluator=out.evaluator)
+    common = dict(
+        where,
+        env=t.config.env,
+        stage=stage,
+        total_timesteps=t.config.total_timesteps,
+        hidden_size=t.config.hidden_size,
+        activation=t.config.activation,
+        ppo_config=json.dumps(dataclasses.asdict(t.config)),
+        attempt=out.attempts,
+        node=out.node,
+        evaluator=out.evaluator,
+    )
     if not out.ok:
-        return [dict(common, row_type="evaluation", seed=seed, status="failed",
-                     error_kind=out.error_kind, error=out.error) for seed in t.seeds]
+        return [
+            dict(
+                common,
+                row_type="evaluation",
+                seed=seed,
+                status="failed",
+                error_kind=out.error_kind,
+                error=out.error,
+            )
+            for seed in t.seeds
+        ]
     assert out.final_return is not None and out.auc is not None
     assert out.return_curve is not None and out.finite is not None
     return [
-        dict(common, row_type="evaluation", seed=seed, final_return=float(out.final_return[i]),
-             auc=float(out.auc[i]),
-             return_curve=np.asarray(out.return_curve[i], np.float32).tolist(),
-             finite=bool(out.finite[i]), status="ok" if out.finite[i] else "nonfinite",
-             compile_s=out.compile_s, run_s=out.run_s)
+        dict(
+            common,
+            row_type="evaluation",
+            seed=seed,
+            final_return=float(out.final_return[i]),
+            auc=float(out.auc[i]),
+            return_curve=np.asarray(out.return_curve[i], np.float32).tolist(),
+            finite=bool(out.finite[i]),
+            status="ok" if out.finite[i] else "nonfinite",
+            compile_s=out.compile_s,
+            run_s=out.run_s,
+        )
         for i, seed in enumerate(t.seeds)
     ]

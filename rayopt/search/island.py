@@ -41,7 +41,9 @@ def selection_rng(meta_seed: int, island: int, generation: int) -> np.random.Gen
 class IslandActor:
     """One island's archive (runs anywhere: it holds only small Python objects)."""
 
-    def __init__(self, meta_seed: int, island: int, envs: Sequence[str], literal_penalty: float = 0.0):
+    def __init__(
+        self, meta_seed: int, island: int, envs: Sequence[str], literal_penalty: float = 0.0
+    ):
         self.meta_seed = meta_seed
         self.island = island
         self.archive = Archive(envs, literal_penalty)
@@ -49,9 +51,13 @@ class IslandActor:
     def add(self, candidates: list[Candidate]) -> int:
         return self.archive.add(candidates)
 
-    def select(self, generation: int, top_k: int, exploit_p: float) -> tuple[Candidate, list[Candidate]]:
+    def select(
+        self, generation: int, top_k: int, exploit_p: float
+    ) -> tuple[Candidate, list[Candidate]]:
         """The generation's base and its context optimisers (best per env)."""
-        base = self.archive.select(selection_rng(self.meta_seed, self.island, generation), top_k, exploit_p)
+        base = self.archive.select(
+            selection_rng(self.meta_seed, self.island, generation), top_k, exploit_p
+        )
         return base, self.archive.context(exclude=base.id)
 
     def best(self, m: int) -> list[Candidate]:

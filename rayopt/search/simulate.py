@@ -30,9 +30,16 @@ class SleepEvaluator:
         await asyncio.sleep(self.seconds * (1 + self.jitter * (2 * self.rng.random() - 1)))
         n, updates = len(task.seeds), task.config.num_updates
         final = self.rng.normal(size=n)
-        return dict(final_return=final, auc=final / 2, return_curve=np.zeros((n, updates), np.float32),
-                    finite=np.ones(n, bool), compile_s=0.0, run_s=self.seconds, node="sim",
-                    evaluator="sleep")
+        return dict(
+            final_return=final,
+            auc=final / 2,
+            return_curve=np.zeros((n, updates), np.float32),
+            finite=np.ones(n, bool),
+            compile_s=0.0,
+            run_s=self.seconds,
+            node="sim",
+            evaluator="sleep",
+        )
 
 
 @ray.remote(num_cpus=0)
@@ -48,8 +55,19 @@ class SleepMutator:
         key = f"{request.run_id}/{request.island}/{request.generation}/{request.step}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         result = MutationResult(
-            ok=True, mutator="sleep", code=request.current.code, idea=f"simulated {key}",
-            calls=(CallRecord(role="offline", provider="sleep", model="sleep", attempt=1, ok=True,
-                              latency_s=self.seconds),),
+            ok=True,
+            mutator="sleep",
+            code=request.current.code,
+            idea=f"simulated {key}",
+            calls=(
+                CallRecord(
+                    role="offline",
+                    provider="sleep",
+                    model="sleep",
+                    attempt=1,
+                    ok=True,
+                    latency_s=self.seconds,
+                ),
+            ),
         )
         return Checked(result, ok=True, code_hash=digest, fingerprint=digest)

@@ -52,10 +52,22 @@ def check_proposal(result: MutationResult, parent_code: str) -> Checked:
         return Checked(result)
     c = check(result.code, dry_run=True, timeout=10.0)
     if not c.ok:
-        return Checked(result, ok=False, error_kind=c.error.kind, error_line=c.error.line,
-                       error=c.error.message, code_hash=c.hash)
-    return Checked(result, ok=True, code_hash=c.hash, fingerprint=c.fingerprint,
-                   literal_count=c.tunable_count, new_literals=len(introduced(result.code, parent_code)))
+        return Checked(
+            result,
+            ok=False,
+            error_kind=c.error.kind,
+            error_line=c.error.line,
+            error=c.error.message,
+            code_hash=c.hash,
+        )
+    return Checked(
+        result,
+        ok=True,
+        code_hash=c.hash,
+        fingerprint=c.fingerprint,
+        literal_count=c.tunable_count,
+        new_literals=len(introduced(result.code, parent_code)),
+    )
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=2)

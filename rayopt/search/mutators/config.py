@@ -60,7 +60,9 @@ class RoleConfig:
         if not self.model:
             raise ConfigError("model must be a non-empty string")
         if self.provider == "openai_compatible" and not self.base_url:
-            raise ConfigError("provider openai_compatible needs base_url (e.g. http://127.0.0.1:8000/v1)")
+            raise ConfigError(
+                "provider openai_compatible needs base_url (e.g. http://127.0.0.1:8000/v1)"
+            )
         if self.provider == "anthropic" and self.temperature is not None:
             raise ConfigError(
                 "anthropic: the Messages API (version 2026-10-21, sent by anthropic SDK 2.x) "

@@ -165,7 +165,7 @@ def _labelled_prose(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        out.setdefault(m.group(1).lower(), text[m.end():end].strip().lstrip("*").strip())
+        out.setdefault(m.group(1).lower(), text[m.end() : end].strip().lstrip("*").strip())
     return out
 
 

@@ -148,8 +148,10 @@ class Prompts:
             missing = [p for p in required if "{" + p + "}" not in text]
             if missing:
                 where = override or f"packaged {name}.txt"
-                raise ValueError(f"prompt template {where} lacks placeholder(s) "
-                                 + ", ".join("{" + p + "}" for p in missing))
+                raise ValueError(
+                    f"prompt template {where} lacks placeholder(s) "
+                    + ", ".join("{" + p + "}" for p in missing)
+                )
             texts[name] = text.strip() + "\n"
         return cls(**texts)
 
@@ -211,8 +213,9 @@ def _best_in(s: Scored, pool: Sequence[Scored], envs: Sequence[str]) -> list[str
     return out
 
 
-def _render_scored(head: str, s: Scored, envs: Sequence[str], curves: bool, points: int,
-                   *, code: bool = True) -> str:
+def _render_scored(
+    head: str, s: Scored, envs: Sequence[str], curves: bool, points: int, *, code: bool = True
+) -> str:
     parts = [head]
     if code:
         parts.append(f"```python\n{s.code.strip()}\n```")
@@ -226,8 +229,10 @@ def _render_scored(head: str, s: Scored, envs: Sequence[str], curves: bool, poin
                 pts = downsample(s.curves[e], points)
                 lines.append(f"- {e}: " + ", ".join(format(v, ".4g") for v in pts))
         if lines:
-            parts.append(f"Mean return over training ({points} evenly spaced points, first to "
-                         "last):\n" + "\n".join(lines))
+            parts.append(
+                f"Mean return over training ({points} evenly spaced points, first to "
+                "last):\n" + "\n".join(lines)
+            )
     return "\n".join(parts)
 
 
@@ -260,10 +265,22 @@ class LLMMutator:
         self.budget = budget if budget is not None else Budget(c.budget_usd)
         policy = RetryPolicy(c.max_retries, c.backoff_base_s, c.backoff_max_s, c.retry_after_max_s)
         rng = rng or random.Random()
-        self.thinker = ChatClient("thinker", c.thinker, policy=policy, prices=c.price_table,
-                                  concurrency=c.concurrency_for(c.thinker.provider), rng=rng)
-        self.coder = ChatClient("coder", c.coder, policy=policy, prices=c.price_table,
-                                concurrency=c.concurrency_for(c.coder.provider), rng=rng)
+        self.thinker = ChatClient(
+            "thinker",
+            c.thinker,
+            policy=policy,
+            prices=c.price_table,
+            concurrency=c.concurrency_for(c.thinker.provider),
+            rng=rng,
+        )
+        self.coder = ChatClient(
+            "coder",
+            c.coder,
+            policy=policy,
+            prices=c.price_table,
+            concurrency=c.concurrency_for(c.coder.provider),
+            rng=rng,
+        )
 
     def __repr__(self) -> str:
         return f"LLMMutator(thinker={self.thinker!r}, coder={self.coder!r}, budget={self.budget!r})"
@@ -283,9 +300,10 @@ class LLMMutator:
         calls: list[CallRecord] = []
         if self.budget.exhausted():
             return MutationResult(
-                ok=False, mutator=self.name,
+                ok=False,
+                mutator=self.name,
                 error=f"budget exhausted: spent ${self.budget.spent:.4f} of "
-                      f"${self.budget.limit:.4f}; no new mutation started",
+                f"${self.budget.limit:.4f}; no new mutation started",
             )
         try:
             idea, error = await self._think(request, calls)
@@ -294,8 +312,14 @@ class LLMMutator:
             code, error = await self._code(request.current.code, idea, calls)
             if code is None:
                 return self._fail(calls, error, idea)
-            return MutationResult(ok=True, mutator=self.name, code=code, idea=idea.suggestion,
-                                  thought=idea.thought, calls=tuple(calls))
+            return MutationResult(
+                ok=True,
+                mutator=self.name,
+                code=code,
+                idea=idea.suggestion,
+                thought=idea.thought,
+                calls=tuple(calls),
+            )
         except Exception as exc:  # noqa: BLE001 - the contract is to never raise
             log.exception("LLM mutator failed unexpectedly")
             return self._fail(calls, f"internal error: {type(exc).__name__}: {exc}")
@@ -311,7 +335,11 @@ class LLMMutator:
         calls[-1] = dataclasses.replace(calls[-1], ok=False, error=error)
 
     async def _ask(
-        self, client: ChatClient, system: str, messages: list[dict[str, str]], attempt: int,
+        self,
+        client: ChatClient,
+        system: str,
+        messages: list[dict[str, str]],
+        attempt: int,
         calls: list[CallRecord],
     ) -> tuple[Any, str, bool]:
         """One role attempt: (usable reply or None, error, fatal). Refusals and transport
@@ -363,8 +391,10 @@ class LLMMutator:
             if code is None:
                 feedback = f"the reply could not be read: {why}" + _truncated(reply.finish_reason)
             elif same_program(code, current):
-                feedback = ("the code is identical to the current optimizer; "
-                            "the suggested change is missing")
+                feedback = (
+                    "the code is identical to the current optimizer; "
+                    "the suggested change is missing"
+                )
             else:
                 feedback = await self._validate(code)
                 if feedback is None:
@@ -372,8 +402,11 @@ class LLMMutator:
             error = feedback
             self._reject(calls, error)
             if reply.text.strip():  # continue the conversation with the error fed back
-                messages = [*messages, {"role": "assistant", "content": reply.text},
-                            {"role": "user", "content": self.prompts.retry(feedback)}]
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": reply.text},
+                    {"role": "user", "content": self.prompts.retry(feedback)},
+                ]
         n = self.config.max_coder_attempts
         return None, f"coder gave no valid code in {n} attempts; last: {error}"
 
@@ -387,8 +420,12 @@ class LLMMutator:
         self, calls: list[CallRecord], error: str, idea: Idea | None = None
     ) -> MutationResult:
         return MutationResult(
-            ok=False, mutator=self.name, idea=idea.suggestion if idea else None,
-            thought=idea.thought if idea else None, calls=tuple(calls), error=error,
+            ok=False,
+            mutator=self.name,
+            idea=idea.suggestion if idea else None,
+            thought=idea.thought if idea else None,
+            calls=tuple(calls),
+            error=error,
         )
 
 

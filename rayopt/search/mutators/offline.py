@@ -56,7 +56,9 @@ class OfflineMutator:
         return await asyncio.to_thread(self.propose_sync, request)
 
     def propose_sync(self, request: MutationRequest) -> MutationResult:
-        rng = random.Random(f"{request.run_id}/{request.island}/{request.generation}/{request.step}/{request.seed}")
+        rng = random.Random(
+            f"{request.run_id}/{request.island}/{request.generation}/{request.step}/{request.seed}"
+        )
         calls = []
         error = "no mutation applied"
         for attempt in range(1, self.max_attempts + 1):
@@ -67,13 +69,27 @@ class OfflineMutator:
             except Exception as err:  # noqa: BLE001 - a mutation that does not apply; never raise
                 code, idea, error = None, None, f"{type(err).__name__}: {err}"
             ok = error is None
-            calls.append(CallRecord(role="offline", provider="offline", model="ast", attempt=attempt,
-                                    ok=ok, latency_s=time.perf_counter() - t0, error=error))
+            calls.append(
+                CallRecord(
+                    role="offline",
+                    provider="offline",
+                    model="ast",
+                    attempt=attempt,
+                    ok=ok,
+                    latency_s=time.perf_counter() - t0,
+                    error=error,
+                )
+            )
             if ok:
-                return MutationResult(ok=True, mutator=self.name, code=code, idea=idea,
-                                      calls=tuple(calls[-1:]))
-        return MutationResult(ok=False, mutator=self.name, calls=tuple(calls[-1:]),
-                              error=f"no valid mutation in {self.max_attempts} attempts; last: {error}")
+                return MutationResult(
+                    ok=True, mutator=self.name, code=code, idea=idea, calls=tuple(calls[-1:])
+                )
+        return MutationResult(
+            ok=False,
+            mutator=self.name,
+            calls=tuple(calls[-1:]),
+            error=f"no valid mutation in {self.max_attempts} attempts; last: {error}",
+        )
 
 
 # ------------------------------------------------------------------ mutations
@@ -101,7 +117,11 @@ def _tensor_locals(fn: ast.FunctionDef) -> list[str]:
     for elementwise code); plus the tensor inputs themselves."""
     names = list(TENSORS)
     for node in fn.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             used = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
             if used & set(names) and node.targets[0].id not in names:
                 names.append(node.targets[0].id)
@@ -155,7 +175,11 @@ def _insert(fn: ast.FunctionDef, rng: random.Random) -> str | None:
     op = rng.choice(BINOPS)()
     value = _expr(rng, tensors)
     if isinstance(op, ast.Div):
-        value = ast.BinOp(ast.Constant(1), ast.Add(), ast.Call(ast.parse("jnp.abs", mode="eval").body, [value], []))
+        value = ast.BinOp(
+            ast.Constant(1),
+            ast.Add(),
+            ast.Call(ast.parse("jnp.abs", mode="eval").body, [value], []),
+        )
     stmt = ast.parse(f"{target} = {target} {OP_TEXT[type(op)]} ({ast.unparse(value)})").body[0]
     fn.body.insert(_return_index(fn), stmt)
     return f"inserted `{ast.unparse(stmt)}`"
@@ -172,7 +196,11 @@ def _delete(fn: ast.FunctionDef, rng: random.Random) -> str | None:
 
 
 def _loads(fn: ast.FunctionDef, names: tuple[str, ...]) -> list[ast.Name]:
-    return [n for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in names]
+    return [
+        n
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in names
+    ]
 
 
 def _swap_input(fn: ast.FunctionDef, rng: random.Random) -> str | None:
@@ -197,9 +225,14 @@ def _change_op(fn: ast.FunctionDef, rng: random.Random) -> str | None:
 
 def _change_fn(fn: ast.FunctionDef, rng: random.Random) -> str | None:
     calls = [
-        n for n in ast.walk(fn)
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in UNARY
-        and isinstance(n.func.value, ast.Name) and n.func.value.id == "jnp" and len(n.args) == 1
+        n
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in UNARY
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "jnp"
+        and len(n.args) == 1
     ]
     if not calls:
         return None
@@ -211,8 +244,11 @@ def _change_fn(fn: ast.FunctionDef, rng: random.Random) -> str | None:
 
 def _scale_constant(fn: ast.FunctionDef, rng: random.Random) -> str | None:
     consts = [
-        n for n in ast.walk(fn)
-        if isinstance(n, ast.Constant) and isinstance(n.value, int | float) and not isinstance(n.value, bool)
+        n
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, int | float)
+        and not isinstance(n.value, bool)
         and n.value not in (0, 1, 2)
     ]
     if not consts:

@@ -107,9 +107,14 @@ def provider_semaphore(provider: str, base_url: str | None, limit: int) -> async
             per_loop[key] = (limit, asyncio.Semaphore(limit))
         have, sem = per_loop[key]
     if have != limit:
-        _warn_once(("concurrency", key, limit),
-                   "concurrency for %s %s is already %d in this process; ignoring %d",
-                   provider, base_url or "(default url)", have, limit)
+        _warn_once(
+            ("concurrency", key, limit),
+            "concurrency for %s %s is already %d in this process; ignoring %d",
+            provider,
+            base_url or "(default url)",
+            have,
+            limit,
+        )
     return sem
 
 
@@ -240,10 +245,12 @@ class ChatClient:
         # block the event loop (and inflate the first latency) there.
         importlib.import_module("anthropic" if config.provider == "anthropic" else "openai")
         if self.price is None:
-            _warn_once(("price", config.model),
-                       "no price for model %r in price_table: its calls are recorded at $0 "
-                       "(CallRecord.priced=False) and do not count against the budget",
-                       config.model)
+            _warn_once(
+                ("price", config.model),
+                "no price for model %r in price_table: its calls are recorded at $0 "
+                "(CallRecord.priced=False) and do not count against the budget",
+                config.model,
+            )
 
     def __repr__(self) -> str:  # never shows a key: there is none stored here
         c = self.config
@@ -335,8 +342,9 @@ class ChatClient:
         """
         c = self.config
         key = self._api_key()
-        record = functools.partial(CallRecord, role=self.role, provider=c.provider, model=c.model,
-                                   attempt=attempt)
+        record = functools.partial(
+            CallRecord, role=self.role, provider=c.provider, model=c.model, attempt=attempt
+        )
         if key is None:
             error = f"missing API key: environment variable {c.key_env} is not set"
             return CallOutcome(None, (record(ok=False, latency_s=0.0, error=error),), error, True)
@@ -359,26 +367,54 @@ class ChatClient:
                 except Exception as exc:  # noqa: BLE001 - classified below, never re-raised
                     failure = classify(exc, c.timeout_s)
                     if failure.kind == "internal":
-                        log.warning("%s %s: unexpected %s", self.role, c.model,
-                                    redact(failure.message, secrets))
+                        log.warning(
+                            "%s %s: unexpected %s",
+                            self.role,
+                            c.model,
+                            redact(failure.message, secrets),
+                        )
                     reply = None
                 latency = time.monotonic() - t0
             if reply is not None:
                 cost = self.price.cost(reply.tokens_in, reply.tokens_out) if self.price else 0.0
-                records.append(record(ok=True, latency_s=latency, tokens_in=reply.tokens_in,
-                                      tokens_out=reply.tokens_out, cost_usd=cost,
-                                      priced=self.price is not None, retry=retry))
+                records.append(
+                    record(
+                        ok=True,
+                        latency_s=latency,
+                        tokens_in=reply.tokens_in,
+                        tokens_out=reply.tokens_out,
+                        cost_usd=cost,
+                        priced=self.price is not None,
+                        retry=retry,
+                    )
+                )
                 return CallOutcome(reply, tuple(records))
             assert failure is not None
             error = redact(f"{failure.kind}: {failure.message}", secrets)
-            records.append(record(ok=False, latency_s=latency, error=error, retry=retry,
-                                  priced=self.price is not None))
+            records.append(
+                record(
+                    ok=False,
+                    latency_s=latency,
+                    error=error,
+                    retry=retry,
+                    priced=self.price is not None,
+                )
+            )
             if not failure.retryable:
                 return CallOutcome(None, tuple(records), error, fatal=True)
             if retry < self.policy.max_retries:
                 wait = self.policy.delay(retry, failure.retry_after, self.rng)
-                log.info("%s %s/%s attempt %d: %s; retry %d/%d in %.2fs", self.role, c.provider,
-                         c.model, attempt, error, retry + 1, self.policy.max_retries, wait)
+                log.info(
+                    "%s %s/%s attempt %d: %s; retry %d/%d in %.2fs",
+                    self.role,
+                    c.provider,
+                    c.model,
+                    attempt,
+                    error,
+                    retry + 1,
+                    self.policy.max_retries,
+                    wait,
+                )
                 await asyncio.sleep(wait)
         error = f"{records[-1].error} (gave up after {self.policy.max_retries} retries)"
         return CallOutcome(None, tuple(records), error, fatal=False)

@@ -50,15 +50,19 @@ def static_check(code: str) -> str | None:
     a = fn.args
     names = tuple(p.arg for p in [*a.posonlyargs, *a.args])
     if names != PARAMS or a.vararg or a.kwarg or a.kwonlyargs:
-        return (f"signature error at line {fn.lineno}: update_fn must take exactly "
-                f"({', '.join(PARAMS)}); it takes ({', '.join(names)})")
+        return (
+            f"signature error at line {fn.lineno}: update_fn must take exactly "
+            f"({', '.join(PARAMS)}); it takes ({', '.join(names)})"
+        )
     returns = [n for n in ast.walk(fn) if isinstance(n, ast.Return)]
     if not returns or any(r.value is None for r in returns):
         return f"return error at line {fn.lineno}: update_fn must return (update, var1, var2)"
     for r in returns:
         if isinstance(r.value, ast.Tuple) and len(r.value.elts) != 3:
-            return (f"return error at line {r.lineno}: update_fn must return 3 values "
-                    f"(update, var1, var2), not {len(r.value.elts)}")
+            return (
+                f"return error at line {r.lineno}: update_fn must return 3 values "
+                f"(update, var1, var2), not {len(r.value.elts)}"
+            )
     return None
 
 
@@ -79,8 +83,10 @@ class DefaultValidator:
                 try:
                     from rayopt.program import check  # type: ignore[attr-defined]
                 except ImportError:
-                    log.info("rayopt.program.check is unavailable; validating coder output "
-                             "with the static syntax/signature check only")
+                    log.info(
+                        "rayopt.program.check is unavailable; validating coder output "
+                        "with the static syntax/signature check only"
+                    )
                     check = None
                 self._check, self._resolved = check, True
         return self._check
