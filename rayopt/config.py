@@ -67,6 +67,12 @@ class SearchSection:
     literal_penalty: float = 0.5  # rank penalty per tunable literal a candidate introduces
     max_new_literals: int = 0  # "reject" drops candidates introducing more than this
 
+    @property
+    def rank_penalty(self) -> float:
+        """Average-rank penalty per introduced literal that selection (and the analysis,
+        which ranks as the run did) applies: ``literal_penalty`` under ``penalise``, else 0."""
+        return self.literal_penalty if self.literal_policy == "penalise" else 0.0
+
 
 @dataclasses.dataclass
 class IslandsSection:

@@ -178,7 +178,7 @@ class Discovery:
         progress = None
         try:
             history = self._read_journal() if self.resume else None
-            penalty = cfg.search.literal_penalty if cfg.search.literal_policy == "penalise" else 0.0
+            penalty = cfg.search.rank_penalty
             for ms in cfg.meta_seeds:
                 islands = [
                     IslandActor.options(**control_options()).remote(ms, i, cfg.envs, penalty)
