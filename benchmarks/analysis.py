@@ -303,14 +303,17 @@ def main() -> int:
     ap.add_argument("--rows", type=float, default=1e6)
     ap.add_argument("--meta-seeds", type=int, default=8)
     ap.add_argument("--files", type=int, default=200, help="part files in the dump")
-    ap.add_argument("--dump", help="where to write the dump (default: a temporary directory)")
+    ap.add_argument(
+        "--dump",
+        help="an empty or new directory to write the dump to (default: a temporary directory)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the dump")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "analysis.json"))
     args = ap.parse_args()
 
+    if args.dump and Path(args.dump).exists() and any(Path(args.dump).iterdir()):
+        ap.error(f"--dump {args.dump} is not empty; give an empty or new directory")
     dump = Path(args.dump) if args.dump else Path(tempfile.mkdtemp(prefix="rayopt-bench-"))
-    if dump.exists() and any(dump.iterdir()):
-        shutil.rmtree(dump)
     t = time.perf_counter()
     shape = make_dump(dump, int(args.rows), args.meta_seeds, args.files)
     shape["generate_s"] = round(time.perf_counter() - t, 2)

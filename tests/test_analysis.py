@@ -334,6 +334,95 @@ def test_population_ranks_curve_and_references(run_dir: Path) -> None:
     assert set(p0.env_ranks()["i0-g3-s1"].values()) == {1.0}
 
 
+def test_nan_seed_is_left_out_of_the_score_as_the_driver_does(tmp_path: Path) -> None:
+    """A NaN final return (a diverged seed, or no finished episode) does not make the
+    candidate's env score NaN: the driver ranks by np.nanmean over seeds, and so must we."""
+    from rayopt.analysis.population import load_populations
+
+    w = JournalWriter(tmp_path)
+    for batch in _discovery_rows("syn-ms0", 0, MS0, ref_score=4.5):
+        w.write(batch)
+    nan_row = dict(
+        row_type="evaluation",
+        stage="full",
+        run_id="syn-ms0",
+        meta_seed=0,
+        candidate_id="i0-g3-s1",
+        env=ENVS[0],
+        seed=2,
+        final_return=float("nan"),
+    )
+    w.write([dict(nan_row, status="nonfinite"), dict(nan_row, seed=1, status="ok")])
+    (tmp_path / "config.yaml").write_text(json.dumps({"name": "syn", "envs": ENVS}))
+    (pop,) = load_populations(tmp_path)
+    # seed 0: 6.0; seed 1: mean(6.01, NaN) = 6.01; seed 2: NaN only -> left out
+    assert pop.members["i0-g3-s1"].scores[ENVS[0]] == pytest.approx(6.005)
+    assert pop.members["i0-g3-s1"].scores[ENVS[1]] == pytest.approx(6.005)
+    assert pop.order == [c for c, _, _ in MS0]
+    assert pop.top(1) == [("i0-g3-s1", 1.0)]
+
+
+def test_literal_penalty_comes_from_the_run_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from rayopt.analysis.population import load_populations
+
+    w = JournalWriter(tmp_path)
+    for batch in _discovery_rows("syn-ms0", 0, MS1, ref_score=0.75):
+        w.write(batch)
+    config = tmp_path / "config.yaml"
+    # penalise without a literal_penalty: the config default, as the driver ranked
+    config.write_text(json.dumps({"envs": ENVS, "search": {"literal_policy": "penalise"}}))
+    (pop,) = load_populations(tmp_path)
+    assert pop.literal_penalty == 0.5 and pop.envs == ENVS
+    config.write_text(json.dumps({"envs": ENVS, "search": {"literal_penalty": 2.0}}))
+    assert load_populations(tmp_path)[0].literal_penalty == 0.0  # policy "record"
+    # a config this version cannot build: no penalty, envs from the data, one warning
+    config.write_text(json.dumps({"envs": ["CartPole-v1"], "retired_key": 1}))
+    (pop,) = load_populations(tmp_path)
+    assert pop.literal_penalty == 0.0 and pop.envs == ENVS
+    err = capsys.readouterr().err
+    assert "retired_key" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_keeps_runs_with_the_same_run_id_apart(run_dir: Path, tmp_path: Path) -> None:
+    """runs/quickstart and runs/quickstart-1 both hold run_id quickstart-ms0: each
+    population's cards show its own best candidates with their own code."""
+    import re
+
+    from rayopt.analysis.report import AnalysisOptions, analyze
+
+    other = tmp_path / "syn-1"  # a second run of the same config: same run_id as ms1's rows
+    w = JournalWriter(other)
+    for batch in _discovery_rows("syn-ms0", 0, MS1, ref_score=0.75):
+        w.write(batch)
+    (other / "config.yaml").write_text(json.dumps({"name": "syn", "envs": ENVS}))
+    res = analyze(
+        [run_dir, other],
+        tmp_path / "out",
+        AnalysisOptions(reps=REPS, profile_reps=20, top=2, plots=False),
+        echo=False,
+    )
+    text = res.report.read_text()
+    cards = re.findall(
+        r"<div class='card'><h3>(\S+) #(\d): (\S+) .*?</h3>.*?<pre><code>(.*?)</code></pre>",
+        text,
+        flags=re.S,
+    )
+    shown = [
+        (run, place, cid, re.search(r"return (g\*[0-9.]+)", code)[1])
+        for run, place, cid, code in cards
+    ]
+    assert shown == [
+        ("syn-ms0", "1", "i0-g3-s1", "g*6.0"),  # run_dir's ms0
+        ("syn-ms0", "2", "i0-g1-s2", "g*5.0"),
+        ("syn-ms1", "1", "i0-g1-s1", "g*7.0"),  # run_dir's ms1
+        ("syn-ms1", "2", "i0-g1-s2", "g*0.5"),
+        ("syn-ms0", "1", "i0-g1-s1", "g*7.0"),  # the other run's ms0
+        ("syn-ms0", "2", "i0-g1-s2", "g*0.5"),
+    ]
+
+
 def test_top_k_selection_pooled_and_per_meta_seed(run_dir: Path) -> None:
     from rayopt.analysis.sweep import resolve_optimizers
     from rayopt.config import ConfigError

@@ -91,8 +91,8 @@ def test_paper_and_cpu_configs_load() -> None:
 def test_plan_skips_journalled_seeds_and_refuses_another_config(tmp_path: Path) -> None:
     cfg = _tiny()
     opts = resolve_optimizers(cfg.optimizers)
-    todo, skipped = plan(cfg, opts, tmp_path)
-    assert skipped == 0 and sum(len(w.seeds) for w in todo) == 2 * 2 * 2
+    todo, skipped, created = plan(cfg, opts, tmp_path)
+    assert skipped == 0 and sum(len(w.seeds) for w in todo) == 2 * 2 * 2 and not created
     ppo = cfg.ppo_config("CartPole-v1", "16")
     row = dict(
         row_type="evaluation",
@@ -106,15 +106,39 @@ def test_plan_skips_journalled_seeds_and_refuses_another_config(tmp_path: Path) 
         final_return=1.0,
         ppo_config=json.dumps(dataclasses.asdict(ppo)),
     )
-    JournalWriter(tmp_path).write([dict(row, seed=0), dict(row, seed=1, status="failed")])
-    todo, skipped = plan(cfg, opts, tmp_path)
+    made = dict(row_type="event", event="created", optimizer="adam")
+    JournalWriter(tmp_path).write(
+        [
+            dict(row, seed=0),
+            dict(row, seed=1, status="failed"),
+            dict(made, sweep="tiny"),
+            dict(made, sweep="other", optimizer="discovered_1"),
+        ]
+    )
+    todo, skipped, created = plan(cfg, opts, tmp_path)
     assert skipped == 1  # the failed seed is tried again
+    assert created == {"adam"}  # this sweep's created events only
     left = {(w.optimizer.name, w.axis_value): w.seeds for w in todo}
     assert left[("adam", "16")] == (1,) and left[("adam", "32")] == (0, 1)
     other = _tiny(**{"ppo.overrides.update_epochs": "1"})
     with pytest.raises(ConfigError, match="different PPO config"):
         plan(other, opts, tmp_path)
-    assert plan(_tiny(name="other"), opts, tmp_path)[1] == 0  # another sweep, same dir
+    assert plan(_tiny(name="other"), opts, tmp_path).skipped == 0  # another sweep, same dir
+
+
+def test_sweep_config_extends_another(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("envs: [cartpole]\naxis: hidden_size\nvalues: [16, 32]\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nvalues: [64]\n")
+    cfg = load_sweep(tmp_path / "child.yaml", ["seeds=3"])
+    assert (cfg.name, cfg.envs, cfg.axis, cfg.values, cfg.seeds) == (
+        "child",
+        ["CartPole-v1"],
+        "hidden_size",
+        [64],
+        3,
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_sweep(tmp_path / "missing.yaml")
 
 
 def test_tiny_sweep_on_ray_writes_schema_rows_and_resumes(ray_local, tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def _bars(
     handles: dict[str, Any],
     axis: str,
 ) -> None:
-    values = sorted(dict.fromkeys(t["axis_value"]), key=lambda v: axis_sort_key(axis, v))
+    values = sorted(dict.fromkeys(t["axis_value"]), key=axis_sort_key)
     present = [n for n in names if n in set(t["optimizer"])]
     width = 0.8 / max(len(present), 1)
     for j, n in enumerate(present):

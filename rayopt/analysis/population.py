@@ -10,10 +10,11 @@ Definitions (docs/analysis.md):
   earlier member's scores).
 - **Score** of a member on an env: mean over seeds of ``final_return`` of its ``full``
   evaluation rows (status ok or nonfinite; a seed journalled twice counts once, as the
-  mean of its rows).
+  mean of its rows). NaN returns are left out, as the driver's ``np.nanmean`` leaves
+  them out; an env with no finite return scores NaN.
 - **Average rank**: :func:`rayopt.search.archive.average_ranks` over the population (1 =
-  best), plus the run's literal penalty when its config says ``literal_policy: penalise``
-  (the ranking the run itself selected by).
+  best), plus the run's literal penalty (``search.rank_penalty`` of its config, the rule
+  the driver selects by) per introduced literal.
 - **Reference rank**: a reference's average rank in the population with it added (alone).
 - **Meta-training curve** (Fig. 2): members in the order of their ``evaluated`` events;
   point k is the best average rank among the first k members, ranks taken in the *final*
@@ -26,6 +27,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,27 +35,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
-from rayopt.analysis.scan import Scan, scans
+from rayopt.analysis.scan import CANDIDATE_COLUMNS, Scan, scans
+from rayopt.config import ConfigError, DiscoveryConfig, from_dict, read_yaml
 from rayopt.search.archive import average_ranks
-
-#: candidate columns read from ``created`` events (never ``code``: it is read per request)
-CANDIDATE_COLUMNS = [
-    "run_id",
-    "meta_seed",
-    "candidate_id",
-    "parent_id",
-    "base_id",
-    "optimizer",
-    "mutator",
-    "idea",
-    "island",
-    "generation",
-    "step",
-    "literal_count",
-    "new_literals",
-]
 
 
 @dataclasses.dataclass
@@ -64,12 +49,7 @@ class Member:
     optimizer: str | None = None
     mutator: str | None = None
     parent_id: str | None = None
-    base_id: str | None = None
     idea: str | None = None
-    island: int | None = None
-    generation: int | None = None
-    step: int | None = None
-    literal_count: int | None = None
     new_literals: int | None = None
     outcome: str | None = None  # last terminal event: evaluated, duplicate, invalid, ...
     evaluated_at: float | None = None
@@ -82,6 +62,10 @@ class Member:
     @property
     def is_initial(self) -> bool:
         return self.mutator == "library" or self.id.startswith("init-")
+
+
+#: the candidate columns a ``created`` event sets on its Member (same names)
+MEMBER_COLUMNS = [c for c in CANDIDATE_COLUMNS if c in {f.name for f in dataclasses.fields(Member)}]
 
 
 @dataclasses.dataclass
@@ -113,14 +97,15 @@ class Population:
     def _complete(self, m: Member) -> bool:
         return all(e in m.scores for e in self.envs)
 
-    def _penalty(self, m: Member) -> float:
+    def penalty(self, m: Member) -> float:
+        """``m``'s average-rank penalty: the run's penalty per literal it introduced."""
         return self.literal_penalty * float(m.new_literals or 0)
 
     @functools.cached_property
     def _ranks(self) -> dict[str, float]:
         ids = self.order
         ms = [self.members[i] for i in ids]
-        r = average_ranks([m.scores for m in ms], self.envs, [self._penalty(m) for m in ms])
+        r = average_ranks([m.scores for m in ms], self.envs, [self.penalty(m) for m in ms])
         return dict(zip(ids, (float(x) for x in r), strict=True))
 
     def ranks(self) -> dict[str, float]:
@@ -147,7 +132,7 @@ class Population:
             r = average_ranks(
                 [*(m.scores for m in ms), ref.scores],
                 self.envs,
-                [*(self._penalty(m) for m in ms), 0.0],
+                [*(self.penalty(m) for m in ms), 0.0],
             )
             out[rid] = float(r[-1])
         return out
@@ -178,9 +163,8 @@ class Population:
         """The ``k`` best members by average rank (ties: earlier evaluated first);
         ``discovered_only`` leaves out the initial (library) optimisers."""
         ranks = self.ranks()
-        ids = [i for i in self.order if not (discovered_only and self.members[i].is_initial)]
-        ids.sort(key=lambda i: ranks[i])  # stable: evaluation order breaks ties
-        return [(i, ranks[i]) for i in ids[:k]]
+        ranked = [(self, i, ranks[i]) for i in self.order]
+        return [(i, r) for _, i, r in _best(ranked, k, discovered_only)]
 
     def lineage(self, cid: str) -> list[str]:
         """``cid``, its parent, its parent's parent ... back to an initial optimiser (or
@@ -196,34 +180,55 @@ class Population:
         return chain
 
     def code(self, ids: Iterable[str]) -> dict[str, str]:
-        """The ``code`` of candidates ``ids`` (read now, only for them)."""
-        return {c: code for (_, c), code in codes([self], {self.run_id: list(ids)}).items()}
-
-
-def codes(pops: Sequence[Population], ids: dict[str, list[str]]) -> dict[tuple[str, str], str]:
-    """(run_id, candidate_id) -> code for the candidates ``ids[run_id]`` of ``pops``, read
-    from the part files that hold their ``created`` events (the only place code is read)."""
-    out: dict[tuple[str, str], str] = {}
-    for p in pops:
+        """The ``code`` of candidates ``ids``, read now from the part files holding their
+        ``created`` events (the only place code is read)."""
         keys = {
-            ("", p.run_id, c, p.members[c].optimizer or ""): c
-            for c in ids.get(p.run_id, [])
-            if c in p.members
+            ("", self.run_id, c, self.members[c].optimizer or ""): c
+            for c in ids
+            if c in self.members
         }
-        for k, code in p.scan.code(keys).items():
-            out[(p.run_id, keys[k])] = code
-    return out
+        return {keys[k]: code for k, code in self.scan.code(keys).items()}
 
 
-def _run_config(path: Path) -> dict[str, Any]:
-    """The run's ``config.yaml`` as a mapping ({} if absent), for its envs and penalty."""
+def pooled_top(
+    pops: Sequence[Population], k: int, discovered_only: bool = True
+) -> list[tuple[Population, str, float]]:
+    """The ``k`` best members of ``pops`` (meta-seeds of one run) ranked as one population:
+    (population, candidate, average rank in the union). Ties, and ``discovered_only``, as
+    in :meth:`Population.top`; for one population this is its ``top``."""
+    if not pops:
+        return []
+    envs = pops[0].envs
+    if any(p.envs != envs for p in pops):
+        raise ValueError("meta-seeds were evaluated on different envs; pick one with @msN/topK")
+    members = [(p, p.members[c]) for p in pops for c in p.order]
+    ranks = average_ranks([m.scores for _, m in members], envs, [p.penalty(m) for p, m in members])
+    ranked = [(p, m.id, float(r)) for (p, m), r in zip(members, ranks, strict=True)]
+    return _best(ranked, k, discovered_only)
+
+
+def _best(
+    ranked: list[tuple[Population, str, float]], k: int, discovered_only: bool
+) -> list[tuple[Population, str, float]]:
+    """The ``k`` lowest ranks of ``ranked`` (in evaluation order: a stable sort keeps it
+    for ties), initial optimisers left out when ``discovered_only``."""
+    keep = [x for x in ranked if not (discovered_only and x[0].members[x[1]].is_initial)]
+    keep.sort(key=lambda x: x[2])
+    return keep[:k]
+
+
+def _run_config(path: Path) -> tuple[list[str], float]:
+    """The run's envs ([] if unknown) and literal rank penalty, from its ``config.yaml``
+    built as the run built it (no ``validate``: the run may come from another machine)."""
     f = path / "config.yaml"
     if not f.is_file():
-        return {}
+        return [], 0.0
     try:
-        return yaml.safe_load(f.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
+        cfg = from_dict(DiscoveryConfig, read_yaml(f))
+    except ConfigError as err:
+        print(f"warning: {err}; ranking {path} without a literal penalty", file=sys.stderr)
+        return [], 0.0
+    return list(cfg.envs), cfg.search.rank_penalty
 
 
 def load_populations(
@@ -241,10 +246,7 @@ def _load_one(sc: Scan) -> list[Population]:
     if events.num_rows == 0:
         return []
     scores = _scores(sc.evaluations("full"))
-    cfg = _run_config(sc.path)
-    search = cfg.get("search") or {}
-    penalise = search.get("literal_policy") == "penalise"
-    penalty = float(search.get("literal_penalty", 0.0)) if penalise else 0.0
+    config_envs, penalty = _run_config(sc.path)
     pops: dict[str, Population] = {}
     events = events.sort_by([("time", "ascending")])
     cols = {name: events[name].to_pylist() for name in ["event", "time", *CANDIDATE_COLUMNS]}
@@ -259,7 +261,7 @@ def _load_one(sc: Scan) -> list[Population]:
             m = pop.members[cid] = Member(cid)
         ev = cols["event"][i]
         if ev == "created":
-            for name in CANDIDATE_COLUMNS[3:]:
+            for name in MEMBER_COLUMNS:
                 setattr(m, name, cols[name][i])
         else:
             m.outcome = ev
@@ -269,7 +271,6 @@ def _load_one(sc: Scan) -> list[Population]:
         pop = pops.get(run_id)
         if pop is not None and cid in pop.members:
             pop.members[cid].scores = envs
-    config_envs = list(cfg.get("envs") or [])
     for pop in pops.values():
         if config_envs:
             pop.envs = config_envs
@@ -280,9 +281,16 @@ def _load_one(sc: Scan) -> list[Population]:
 
 
 def _scores(t: pa.Table) -> dict[tuple[str, str], dict[str, float]]:
-    """(run_id, candidate_id) -> env -> mean over seeds of the full-stage final return."""
+    """(run_id, candidate_id) -> env -> mean over seeds of the full-stage final return,
+    NaN returns left out (as null: pyarrow's mean skips nulls but propagates NaN)."""
     if t.num_rows == 0:
         return {}
+    fr = t["final_return"]
+    t = t.set_column(
+        t.schema.get_field_index("final_return"),
+        "final_return",
+        pc.if_else(pc.is_nan(fr), pa.scalar(None, fr.type), fr),
+    )
     per_seed = t.group_by(["run_id", "candidate_id", "env", "seed"], use_threads=True).aggregate(
         [("final_return", "mean")]
     )

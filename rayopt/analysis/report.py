@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from rayopt.analysis import stats
-from rayopt.analysis.population import Population, codes, load_populations
+from rayopt.analysis.population import Population, load_populations
 from rayopt.analysis.scan import Scan, created_key, scans
 from rayopt.analysis.sweep import in_distribution, read_manifests
 
@@ -473,23 +473,27 @@ def _html(
             "<h3>Best discovered candidates</h3>"
             + _table(top.drop(columns=["lineage"], errors="ignore"))
         )
-        chosen_by_run = {pop.run_id: pop.top(opts.top) for pop in pops}
-        code = codes(pops, {r: [c for c, _ in ch] for r, ch in chosen_by_run.items()})
+        # per population, never by run_id: two runs of one config share their run_ids
         for pop in pops:
             ranks = pop.ranks()
-            chosen = chosen_by_run[pop.run_id]
+            chosen = pop.top(opts.top)
+            code = pop.code(cid for cid, _ in chosen)
             for place, (cid, rank) in enumerate(chosen, start=1):
                 m = pop.members[cid]
                 parts.append(
                     f"<div class='card'><h3>{e(pop.run_id)} #{place}: {e(cid)} "
                     f"<span class='muted'>(average rank {rank:.2f} of {len(pop.order)})</span></h3>"
-                    f"<p><b>Idea:</b> {e(m.idea or '-')}</p>{_code(code.get((pop.run_id, cid)))}"
+                    f"<p><b>Idea:</b> {e(m.idea or '-')}</p>{_code(code.get(cid))}"
                     f"<details><summary>Lineage back to an initial optimiser "
                     f"({len(pop.lineage(cid))} candidates)</summary>"
                     f"{_lineage_html(pop, cid, ranks)}</details></div>"
                 )
 
     created = _sweep_created(scanned) if not iqm.empty else {}
+    # discovery runs a sweep's optimisers came from, by resolved path: each read once
+    runs: dict[Path, list[Population]] = {sc.path.resolve(): [] for sc in scanned}
+    for pop in pops:
+        runs[pop.scan.path.resolve()].append(pop)
     for sweep, t in iqm.groupby("sweep", sort=False) if not iqm.empty else []:
         man = manifests.get(str(sweep), {})
         axis = str(t["axis"].iat[0])
@@ -509,7 +513,7 @@ def _html(
             parts.append(
                 "<h3>Performance profile</h3>" + _figure(figures[f"profile:{sweep}"], out, caption)
             )
-        parts.append(_sweep_optimizers(created.get(str(sweep), []), man))
+        parts.append(_sweep_optimizers(created.get(str(sweep), []), man, runs))
     parts.append("</body></html>")
     return "\n".join(x for x in parts if x)
 
@@ -527,12 +531,15 @@ def _sweep_created(scanned: Sequence[Scan]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _sweep_optimizers(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
+def _sweep_optimizers(
+    rows: list[dict[str, Any]], manifest: dict[str, Any], runs: dict[Path, list[Population]]
+) -> str:
     """The sweep's symbolic optimisers: code (from the sweep journal), provenance and,
-    when the source run is readable, lineage."""
+    when the source run is readable, lineage. ``runs``: populations by resolved run
+    directory, shared by every sweep of the report (a run missing from it is read and
+    added)."""
     sources = {o.get("name"): o for o in manifest.get("optimizers", [])}
     cards = []
-    pop_cache: dict[str, list[Population]] = {}
     for row in rows:
         if not row["code"]:
             continue
@@ -540,12 +547,13 @@ def _sweep_optimizers(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> s
         lineage = ""
         run_dir = src.get("run_dir")
         if run_dir and Path(run_dir).exists() and row["candidate_id"]:
-            if run_dir not in pop_cache:
+            key = Path(run_dir).resolve()
+            if key not in runs:
                 try:
-                    pop_cache[run_dir] = load_populations(run_dir)
+                    runs[key] = load_populations(run_dir)
                 except (FileNotFoundError, ValueError):
-                    pop_cache[run_dir] = []
-            for pop in pop_cache[run_dir]:
+                    runs[key] = []
+            for pop in runs[key]:
                 if pop.run_id == src.get("run_id") and row["candidate_id"] in pop.members:
                     lineage = (
                         "<details><summary>Lineage</summary>"

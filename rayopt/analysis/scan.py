@@ -21,32 +21,29 @@ import pyarrow.parquet as pq
 
 from rayopt.results.journal import dataset
 
-COLUMNS = [
+#: candidate columns of ``created`` events (never ``code``: it is read per request)
+CANDIDATE_COLUMNS = [
     "run_id",
     "meta_seed",
-    "row_type",
-    "event",
-    "time",
     "candidate_id",
     "parent_id",
-    "base_id",
     "optimizer",
     "mutator",
     "idea",
-    "island",
-    "generation",
-    "step",
-    "literal_count",
     "new_literals",
+]
+#: every column analysis reads: the candidate columns, then evaluation and sweep columns
+COLUMNS = [
+    *CANDIDATE_COLUMNS,
+    "row_type",
+    "event",
+    "time",
     "env",
     "seed",
     "stage",
     "status",
     "final_return",
     "auc",
-    "total_timesteps",
-    "hidden_size",
-    "activation",
     "sweep",
     "axis",
     "axis_value",

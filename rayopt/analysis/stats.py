@@ -35,7 +35,6 @@ import scipy.stats
 from rayopt.analysis.scan import Scan, scans
 
 KEY = ["sweep", "axis", "axis_value", "optimizer", "env"]
-AXIS_COLUMNS = ["total_timesteps", "hidden_size", "activation"]
 ALL_ENVS = "(all)"
 
 
@@ -50,9 +49,7 @@ def load_scores(
     directory, :mod:`rayopt.analysis.scan`)."""
     if metric not in ("final_return", "auc"):
         raise ValueError(f"metric must be final_return or auc, not {metric!r}")
-    parts = [
-        sc.evaluations("sweep").select([*KEY, "seed", metric, *AXIS_COLUMNS]) for sc in scans(paths)
-    ]
+    parts = [sc.evaluations("sweep").select([*KEY, "seed", metric]) for sc in scans(paths)]
     t = pa.concat_tables(parts)
     if sweeps is not None:
         t = t.filter(pc.is_in(t["sweep"], pa.array(list(sweeps), pa.string())))
@@ -64,12 +61,12 @@ def load_scores(
     df["axis_value"] = df["axis_value"].fillna("")
     return (
         df.groupby([*KEY, "seed"], sort=False, dropna=False)
-        .agg(value=("value", "mean"), **{c: (c, "first") for c in AXIS_COLUMNS})
+        .agg(value=("value", "mean"))
         .reset_index()
     )
 
 
-def axis_sort_key(axis: str, value: str) -> tuple[int, float, str]:
+def axis_sort_key(value: str) -> tuple[int, float, str]:
     """Numeric axes in numeric order; relu before tanh; otherwise as text."""
     try:
         return (0, float(value), "")
@@ -155,19 +152,19 @@ def iqm_table(
     return sort_table(out)
 
 
-def sort_table(df: pd.DataFrame, optimizers: Sequence[str] = ()) -> pd.DataFrame:
+def sort_table(df: pd.DataFrame) -> pd.DataFrame:
     """Rows by sweep, axis value (numeric order), env, optimiser (``optimizer_order``)."""
     if df.empty:
         return df
-    opt_rank = {n: i for i, n in enumerate(optimizer_order(df["optimizer"], optimizers))}
+    opt_rank = {n: i for i, n in enumerate(optimizer_order(df["optimizer"]))}
     env_rank = {e: i for i, e in enumerate(env_order(df["env"]))}
     order = sorted(
         range(len(df)),
         key=lambda i: (
             df["sweep"].iat[i],
-            axis_sort_key(df["axis"].iat[i], df["axis_value"].iat[i]),
+            axis_sort_key(df["axis_value"].iat[i]),
             env_rank[df["env"].iat[i]],
-            opt_rank.get(df["optimizer"].iat[i], 0),
+            opt_rank[df["optimizer"].iat[i]],
         ),
     )
     return df.iloc[order].reset_index(drop=True)
@@ -285,7 +282,7 @@ def poi_table(
         range(len(out)),
         key=lambda i: (
             out["sweep"].iat[i],
-            axis_sort_key(out["axis"].iat[i], out["axis_value"].iat[i]),
+            axis_sort_key(out["axis_value"].iat[i]),
             out["x"].iat[i],
             out["y"].iat[i],
             out["env"].iat[i] != ALL_ENVS,

@@ -29,18 +29,21 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow.compute as pc
 import yaml
 
-from rayopt.config import ConfigError, EvaluatorSection, apply_overrides, from_dict, to_dict
+from rayopt.config import ConfigError, EvaluatorSection, load, to_dict
 from rayopt.optim import OptimiserSpec, resolve
 from rayopt.rl.envs import REGISTRY, parse_envs
 from rayopt.rl.ppo import PPOConfig, config_for
+
+if TYPE_CHECKING:
+    from rayopt.analysis.population import Population
 
 AXES = ("none", "total_timesteps", "hidden_size", "activation", "env")
 #: the in-distribution value of each PPO axis when neither the config nor Table 1 says
@@ -185,17 +188,9 @@ def normalise_values(axis: str, values: Sequence[Any]) -> list[Any]:
 
 
 def load_sweep(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> SweepConfig:
-    """Defaults, then the YAML at ``path``, then ``key=value`` overrides; validated."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {err}") from None
-    return from_dict(SweepConfig, apply_overrides(data, list(overrides))).validate()
+    """Defaults, then the YAML at ``path`` (``extends:`` as for discovery configs), then
+    ``key=value`` overrides; validated."""
+    return load(SweepConfig, path, list(overrides)).validate()
 
 
 # ------------------------------------------------------------------ optimisers
@@ -216,9 +211,10 @@ def resolve_optimizers(
 ) -> list[SweepOptimizer]:
     """Library names, ``.py`` files and ``run:DIR@...`` selections -> optimisers."""
     out: list[SweepOptimizer] = []
+    runs: dict[Path, list[Population]] = {}  # a run directory is read once for all its names
     for name in names:
         if name.startswith("run:"):
-            out.extend(_from_run(name, open_weights))
+            out.extend(_from_run(name, open_weights, runs))
             continue
         spec = resolve(name, open_weights=open_weights)
         kind = "file" if name.endswith(".py") else "library"
@@ -236,8 +232,11 @@ def resolve_optimizers(
     return out
 
 
-def _from_run(ref: str, open_weights: str | None) -> list[SweepOptimizer]:
-    from rayopt.analysis.population import load_populations
+def _from_run(
+    ref: str, open_weights: str | None, runs: dict[Path, list[Population]]
+) -> list[SweepOptimizer]:
+    """The optimisers ``ref`` selects; ``runs`` caches populations by resolved directory."""
+    from rayopt.analysis.population import load_populations, pooled_top
 
     m = _RUN.match(ref)
     if not m:
@@ -246,7 +245,10 @@ def _from_run(ref: str, open_weights: str | None) -> list[SweepOptimizer]:
             "run:DIR@CANDIDATE or run:DIR@msN/CANDIDATE"
         )
     run_dir, sel = m["dir"], m["sel"]
-    pops = load_populations(run_dir)
+    key = Path(run_dir).resolve()
+    if key not in runs:
+        runs[key] = load_populations(run_dir)
+    pops = runs[key]
     if m["ms"] is not None:
         pops = [p for p in pops if p.meta_seed == int(m["ms"])]
     if not pops:
@@ -257,10 +259,7 @@ def _from_run(ref: str, open_weights: str | None) -> list[SweepOptimizer]:
     top = re.fullmatch(r"top(\d+)", sel)
     if top:
         k = int(top[1])
-        if len(pops) == 1:
-            chosen = [(pops[0], cid, rank) for cid, rank in pops[0].top(k)]
-        else:
-            chosen = _pooled_top(pops, k)
+        chosen = pooled_top(pops, k)
         if len(chosen) < k:
             print(f"note: {ref} has only {len(chosen)} discovered candidates", flush=True)
     else:
@@ -302,29 +301,6 @@ def _from_run(ref: str, open_weights: str | None) -> list[SweepOptimizer]:
     return out
 
 
-def _pooled_top(pops: Sequence[Any], k: int) -> list[tuple[Any, str, float]]:
-    """The ``k`` best discovered candidates over every meta-seed's population pooled:
-    one ranking of the union (each meta-seed's envs must agree)."""
-    from rayopt.search.archive import average_ranks
-
-    envs = pops[0].envs
-    if any(p.envs != envs for p in pops):
-        raise ValueError("meta-seeds were evaluated on different envs; pick one with @msN/topK")
-    members = [(p, cid) for p in pops for cid in p.order]
-    ranks = average_ranks(
-        [p.members[c].scores for p, c in members],
-        envs,
-        [p._penalty(p.members[c]) for p, c in members],
-    )
-    order = sorted(range(len(members)), key=lambda i: ranks[i])
-    chosen = [
-        (members[i][0], members[i][1], float(ranks[i]))
-        for i in order
-        if not members[i][0].members[members[i][1]].is_initial
-    ]
-    return chosen[:k]
-
-
 # ------------------------------------------------------------------ the plan
 @dataclasses.dataclass(frozen=True)
 class Work:
@@ -337,33 +313,58 @@ class Work:
     seeds: tuple[int, ...]
 
 
-def _existing(out_dir: Path, sweep: str) -> dict[tuple[str, str, str | None, int], str]:
-    """(optimizer, env, axis value, seed) -> ppo_config of rows already journalled ok."""
+class Plan(NamedTuple):
+    """What :func:`plan` found: the evaluations left, how many (optimizer, point, seed)
+    are already done, and the optimisers that already have this sweep's ``created``
+    event."""
+
+    todo: list[Work]
+    skipped: int
+    created: frozenset[str]
+
+
+def _existing(
+    out_dir: Path, sweep: str
+) -> tuple[dict[tuple[str, str, str | None, int], str], frozenset[str]]:
+    """One read of ``out_dir``: (optimizer, env, axis value, seed) -> ppo_config of rows
+    of ``sweep`` already journalled ok, and the optimisers with its ``created`` event."""
     from rayopt.results.journal import journal_dir, read
 
     if not journal_dir(out_dir).is_dir() or not any(journal_dir(out_dir).glob("*.parquet")):
-        return {}
+        return {}, frozenset()
+    names = ["row_type", "optimizer", "env", "axis_value", "seed", "ppo_config"]
     t = read(
         out_dir,
-        columns=["optimizer", "env", "axis_value", "seed", "ppo_config"],
-        filter=(pc.field("row_type") == "evaluation")
-        & (pc.field("stage") == "sweep")
-        & (pc.field("sweep") == sweep)
-        & pc.field("status").isin(["ok", "nonfinite"]),
+        columns=names,
+        filter=(pc.field("sweep") == sweep)
+        & (
+            (
+                (pc.field("row_type") == "evaluation")
+                & (pc.field("stage") == "sweep")
+                & pc.field("status").isin(["ok", "nonfinite"])
+            )
+            | ((pc.field("row_type") == "event") & (pc.field("event") == "created"))
+        ),
     )
-    cols = [t[c].to_pylist() for c in ("optimizer", "env", "axis_value", "seed", "ppo_config")]
-    return {(o, e, v, s): p for o, e, v, s, p in zip(*cols, strict=True)}
+    kind, opt, env, value, seed, ppo = (t[c].to_pylist() for c in names)
+    done = {
+        (o, e, v, s): p
+        for k, o, e, v, s, p in zip(kind, opt, env, value, seed, ppo, strict=True)
+        if k == "evaluation"
+    }
+    return done, frozenset(o for k, o in zip(kind, opt, strict=True) if k == "event")
 
 
 def plan(
     cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: str | os.PathLike
-) -> tuple[list[Work], int]:
-    """What is left to evaluate, and how many (optimizer, point, seed) are already done.
+) -> Plan:
+    """What is left to evaluate, how many (optimizer, point, seed) are already done, and
+    which optimisers are already journalled (one read of ``out_dir``).
 
     Raises ConfigError if a done combination was run with a different PPO config: the
     output directory belongs to another sweep of that name.
     """
-    done = _existing(Path(out_dir), cfg.name)
+    done, created = _existing(Path(out_dir), cfg.name)
     todo: list[Work] = []
     skipped = 0
     per_task = cfg.seeds_per_task or cfg.seeds
@@ -387,7 +388,7 @@ def plan(
                 skipped += 1
             for i in range(0, len(missing), per_task):
                 todo.append(Work(opt, env, value, ppo, tuple(missing[i : i + per_task])))
-    return todo, skipped
+    return Plan(todo, skipped, created)
 
 
 # ------------------------------------------------------------------ running
@@ -429,20 +430,10 @@ def read_manifests(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def _created_rows(
-    cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], out_dir: Path
+    cfg: SweepConfig, optimizers: Sequence[SweepOptimizer], known: Collection[str]
 ) -> list[dict[str, Any]]:
-    """A ``created`` event per optimiser not yet in this sweep's journal: its code and
-    provenance travel with the results."""
-    from rayopt.results.journal import journal_dir, read
-
-    known: set[str] = set()
-    if journal_dir(out_dir).is_dir() and any(journal_dir(out_dir).glob("*.parquet")):
-        t = read(
-            out_dir,
-            columns=["optimizer"],
-            filter=(pc.field("event") == "created") & (pc.field("sweep") == cfg.name),
-        )
-        known = set(t["optimizer"].to_pylist())
+    """A ``created`` event per optimiser not ``known`` to this sweep's journal (``known``:
+    :attr:`Plan.created`): its code and provenance travel with the results."""
     rows = []
     for o in optimizers:
         if o.name in known:
@@ -474,14 +465,16 @@ async def run_sweep(
     todo: Sequence[Work],
     pool: Any,
     log: Callable[[str], None] = print,
+    created: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Evaluate ``todo`` on ``pool`` (an EvaluatorPool), journalling each as it lands."""
+    """Evaluate ``todo`` on ``pool`` (an EvaluatorPool), journalling each as it lands;
+    ``created``: optimisers whose ``created`` event is already journalled (``plan``'s)."""
     from rayopt.analysis._rliable import metrics
     from rayopt.results.journal import JournalWriter
     from rayopt.search.evaluator import EvalTask, outcome_rows
 
     journal = JournalWriter(out_dir)
-    journal.write(_created_rows(cfg, optimizers, out_dir))
+    journal.write(_created_rows(cfg, optimizers, created))
     t0 = time.monotonic()
     done = failed = 0
     axis = None if cfg.axis == "none" else cfg.axis
@@ -536,7 +529,7 @@ def sweep(
 
     out = Path(out_dir)
     optimizers = resolve_optimizers(cfg.optimizers, cfg.open_weights)
-    todo, skipped = plan(cfg, optimizers, out)
+    todo, skipped, created = plan(cfg, optimizers, out)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(cfg, optimizers, out)
     seeds_left = sum(len(w.seeds) for w in todo)
@@ -552,7 +545,7 @@ def sweep(
     actors = start_evaluators(cfg)  # reads only cfg.evaluator
     try:
         pool = EvaluatorPool(actors, max_attempts=cfg.max_eval_attempts)
-        summary.update(asyncio.run(run_sweep(cfg, optimizers, out, todo, pool, log)))
+        summary.update(asyncio.run(run_sweep(cfg, optimizers, out, todo, pool, log, created)))
         compact(out)  # one file instead of one per evaluation: fast to analyse
     finally:
         actors.stop()  # hand the CPUs/GPUs (and any placement group) back
