@@ -24,15 +24,13 @@ from fake_llm import (
 )
 
 from rayopt.optim import library
-from rayopt.search.mutators.base import MutationRequest, Mutator, Scored
+from rayopt.program import CheckResult, check
+from rayopt.search.mutators.actor import carried_check, check_proposal
+from rayopt.search.mutators.base import MutationRequest, MutationResult, Mutator, Scored
 from rayopt.search.mutators.config import ConfigError, LLMConfig, RoleConfig
 from rayopt.search.mutators.extract import extract_json_object, parse_coder, parse_thinker
 from rayopt.search.mutators.llm import Budget, LLMMutator, Prompts, downsample
-from rayopt.search.mutators.validation import (
-    DefaultValidator,
-    describe_check_result,
-    static_check,
-)
+from rayopt.search.mutators.validation import DefaultValidator, describe_check_result
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "RAYOPT_TEST_LLM_KEY"
@@ -139,8 +137,8 @@ def api_key(monkeypatch):
 
 
 def strict_validator(code: str) -> str | None:
-    """Deterministic stand-in for rayopt.program.check."""
-    return static_check(code)
+    """rayopt.program.check without the dry run: deterministic and fast."""
+    return describe_check_result(check(code, dry_run=False))
 
 
 # ---------------------------------------------------------------- happy paths
@@ -519,8 +517,8 @@ def test_crashing_validator_rejects_code_without_raising():
 
 
 def test_default_validator_is_used_when_none_is_injected():
-    """Exercises DefaultValidator end to end: rayopt.program.check when it exists, the
-    static check before that. Both reject a syntax error and accept library code."""
+    """Exercises DefaultValidator end to end (rayopt.program.check): it rejects a syntax
+    error, accepts the fixed code, and its CheckResult travels with the proposal."""
     replies = [
         openai_completion(thinker_json()),
         openai_completion(coder_json(BAD_SYNTAX)),
@@ -532,12 +530,18 @@ def test_default_validator_is_used_when_none_is_injected():
     coder = [c for c in result.calls if c.role == "coder"]
     assert not coder[0].ok and coder[0].error
     assert coder[0].error in s.requests[2].turns()[2]["content"]
+    assert isinstance(result.check, CheckResult) and result.check.ok
+    assert result.check.fingerprint is None  # validate_dry_run: false ...
+    assert carried_check(result) is None  # ... so the actor still dry-runs it
 
 
 def test_default_validator_and_check_result_adapter():
     v = DefaultValidator(dry_run=False)
     assert v(library.DISCOVERED_2) is None
     assert v("def update_fn(w, g):\n    return w, g, g\n") is not None
+    full = v.check("def update_fn(w, g):\n    return w, g, g\n")
+    assert isinstance(full, CheckResult) and full.error.kind == "signature"
+    assert v("def update_fn(w, g):\n    return w, g, g\n") == describe_check_result(full)
     ok = type("R", (), {"ok": True, "error": None})()
     err = type("E", (), {"kind": "name", "line": 4, "message": "name 'np' is not defined"})()
     bad = type("R", (), {"ok": False, "error": err})()
@@ -545,17 +549,84 @@ def test_default_validator_and_check_result_adapter():
     assert describe_check_result(bad) == "name error at line 4: name 'np' is not defined"
 
 
+# ---------------------------------------------------------------- checked once
+
+
+@pytest.fixture
+def check_counts(monkeypatch) -> dict[str, int]:
+    """Counts static validations and sandbox dry runs made by rayopt.program.check in
+    this process (the functions still run; only the calls are counted)."""
+    import importlib
+
+    check_module = importlib.import_module("rayopt.program.check")
+    sandbox = importlib.import_module("rayopt.program.sandbox")
+    counts = {"validate": 0, "dry_run": 0}
+
+    def counted(key, fn):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(check_module, "validate", counted("validate", check_module.validate))
+    monkeypatch.setattr(sandbox, "dry_run", counted("dry_run", sandbox.dry_run))
+    return counts
+
+
+def test_llm_proposal_is_validated_and_dry_run_once(check_counts):
+    """Mutator (default validator, with dry run) -> actor-side check_proposal: the code
+    is validated and dry-run once; the actor uses the CheckResult the proposal carries."""
+    with FakeLLMServer([openai_completion(thinker_json()), openai_completion(coder_json())]) as s:
+        result = run(propose(config(s)), limit=180)
+    assert result.ok, result.error
+    assert check_counts == {"validate": 1, "dry_run": 1}
+    assert result.check is not None and result.check.ok and result.check.fingerprint
+
+    checked = check_proposal(result, CURRENT)
+    assert check_counts == {"validate": 1, "dry_run": 1}  # nothing checked again
+    assert checked.ok and checked.fingerprint == result.check.fingerprint
+    assert checked.code_hash == result.check.hash
+    assert checked.literal_count == result.check.tunable_count
+
+    # Without a carried check (or with one that is static only, or for other code)
+    # the actor checks the code itself, once, and finds the same.
+    static = check(NEW_CODE, dry_run=False)
+    other = dataclasses.replace(result.check, hash="0" * 16)
+    for carried in (None, static, other):
+        before = dict(check_counts)
+        bare = MutationResult(ok=True, mutator="llm", code=NEW_CODE, check=carried)
+        again = check_proposal(bare, CURRENT)
+        assert check_counts["validate"] == before["validate"] + 1
+        assert check_counts["dry_run"] == before["dry_run"] + 1
+        assert dataclasses.replace(again, result=result) == checked
+
+
+def test_offline_proposal_is_dry_run_once(check_counts):
+    from rayopt.search.mutators.offline import OfflineMutator
+
+    result = OfflineMutator().propose_sync(request())
+    assert result.ok, result.error
+    assert result.check is not None and result.check.ok and result.check.fingerprint
+    attempts = result.calls[-1].attempt
+    assert 1 <= check_counts["dry_run"] <= check_counts["validate"] <= attempts
+    before = dict(check_counts)
+    checked = check_proposal(result, CURRENT)
+    assert check_counts == before
+    assert checked.ok and checked.fingerprint == result.check.fingerprint
+
+
 @pytest.mark.parametrize("name,code", library.SYMBOLIC.items())
-def test_static_check_accepts_the_paper_library(name, code):
-    assert static_check(code) is None
+def test_static_validation_accepts_the_paper_library(name, code):
+    assert strict_validator(code) is None
 
 
-def test_static_check_rejects():
-    assert "syntax error" in static_check("def update_fn(:\n")
-    assert "no top-level function" in static_check("def f(w):\n    return w\n")
-    assert "must return 3 values" in static_check(
-        NEW_CODE.replace("return update, var1, var2", "return update, var1")
-    )
+def test_static_validation_rejects():
+    assert strict_validator("def update_fn(:\n").startswith("syntax error at line 1")
+    no_fn = strict_validator("def f(w):\n    return w\n")
+    assert no_fn.startswith("signature error at line 1") and "named update_fn" in no_fn
+    two = strict_validator(NEW_CODE.replace("return update, var1, var2", "return update, var1"))
+    assert two.startswith("signature error at line") and "return gives 2 values" in two
 
 
 # ---------------------------------------------------------------- budget, concurrency
@@ -774,6 +845,18 @@ def test_config_errors_are_clear(d, match):
         LLMConfig.from_dict(d)
 
 
+def test_config_errors_name_the_given_key_path():
+    for d, match in [
+        ({"max_retries": "3"}, r"^mutator\.llm\.max_retries: expected int, got str"),
+        ({"thinker": "gpt-4o"}, r"^mutator\.llm\.thinker: expected a mapping"),
+        ({"coder": {"modle": "x"}}, r"^mutator\.llm\.coder: unknown key\(s\) 'modle'"),
+        ({"budget_usd": -1}, r"^mutator\.llm: budget_usd must be >= 0"),
+        ([], r"^mutator\.llm: expected a mapping"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            LLMConfig.from_dict(d, where="mutator.llm")
+
+
 def test_integers_are_accepted_for_floats():
     c = LLMConfig.from_dict({"budget_usd": 40, "coder": {"temperature": 0}})
     assert c.budget_usd == 40.0 and c.coder.temperature == 0.0
@@ -783,8 +866,9 @@ def test_integers_are_accepted_for_floats():
 def test_example_configs_parse(name):
     from rayopt.config import load_discovery
 
-    assert load_discovery(ROOT / "configs" / name).mutator.kind == "llm"
-    c = LLMConfig.from_yaml(ROOT / "configs" / name)
+    discovery = load_discovery(ROOT / "configs" / name)
+    assert discovery.mutator.kind == "llm"
+    c = LLMConfig.from_dict(discovery.mutator.llm)
     assert c.kind == "llm"
     for role in (c.thinker, c.coder):
         assert role.model in c.price_table or role.provider == "openai_compatible"

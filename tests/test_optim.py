@@ -18,7 +18,7 @@ from rayopt.optim import (
     resolve,
     symbolic,
 )
-from rayopt.program import load_update_fn
+from rayopt.program import load_checked
 
 
 def _params():
@@ -119,7 +119,7 @@ def test_library_optimisers_run_and_stay_finite(name):
 
 def test_discovered_optimiser_1_matches_hand_computation():
     """One step of DO1 on a scalar-per-entry input, computed by hand."""
-    fn = load_update_fn(SYMBOLIC["discovered_1"])
+    fn = load_checked(SYMBOLIC["discovered_1"])
     w, g = jnp.array([[0.3, -0.2]]), jnp.array([[0.5, -1.0]])
     z = jnp.zeros_like(w)
     d = jnp.array([1.0, 3.0])

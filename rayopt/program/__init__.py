@@ -5,8 +5,8 @@
 - :func:`validate`: static checks only -> :class:`ProgramError` or ``None``.
 - :func:`canonical_hash`, :func:`fingerprint`: same code / same behaviour.
 - :func:`introduced`: tunable literals a child adds over its parent.
-- :func:`load_checked`: validate then load (the evaluator's path for search code);
-  :func:`load_update_fn`: load trusted code (the library) as before.
+- :func:`load_checked`: validate then load; the one way code becomes a callable (the
+  evaluator's path for search code and the library alike).
 
 See docs/program.md for the threat model and the sandbox's limits.
 """
@@ -17,7 +17,7 @@ from rayopt.program.audit import Audit, Literal, audit, introduced, literals
 from rayopt.program.canonical import canonical_hash, canonical_source, fingerprint
 from rayopt.program.check import CheckResult, check
 from rayopt.program.errors import KINDS, InvalidProgram, ProgramError
-from rayopt.program.loader import load_checked, load_update_fn
+from rayopt.program.loader import load_checked
 from rayopt.program.validate import validate
 
 __all__ = [
@@ -35,6 +35,5 @@ __all__ = [
     "introduced",
     "literals",
     "load_checked",
-    "load_update_fn",
     "validate",
 ]

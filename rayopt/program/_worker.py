@@ -19,27 +19,22 @@ import time
 from typing import Any, BinaryIO
 
 
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident memory of a process (Linux ``/proc``; 0 where unavailable)."""
+def _status_bytes(field: str, pid: int | str = "self") -> int:
+    """A ``kB`` field of ``/proc/PID/status`` (``VmRSS``, ``VmData``) in bytes; 0 where
+    unavailable (not Linux, or the process is gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
 
 
-def _data_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (Linux ``/proc``; 0 where unavailable)."""
+    return _status_bytes("VmRSS", pid)
 
 
 def _watch_parent(parent: int) -> None:
@@ -64,7 +59,7 @@ def _limit_memory(extra: int) -> None:
     if extra <= 0:
         return
     try:
-        limit = _data_bytes() + extra
+        limit = _status_bytes("VmData") + extra
         soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)

@@ -54,7 +54,10 @@ def check(code: str, *, dry_run: bool = True, timeout: float = 10.0) -> CheckRes
 
     Static validation first (cheap, in this process, nothing executed); then, if
     ``dry_run``, a sandboxed run on probe inputs in the warm worker process, bounded by
-    ``timeout`` seconds (see rayopt.program.sandbox).
+    ``timeout`` seconds (see rayopt.program.sandbox). Nothing is cached: every call
+    with ``dry_run`` runs the program again, so a caller that already holds a
+    :class:`CheckResult` for the same code passes it on instead (the mutators put
+    theirs on ``MutationResult.check``).
     """
     t0 = time.perf_counter()
     oversized = len(code.encode("utf-8", "replace")) > MAX_SOURCE_BYTES
@@ -78,18 +81,7 @@ def check(code: str, *, dry_run: bool = True, timeout: float = 10.0) -> CheckRes
     error = validate(code)
     if error is not None or not dry_run:
         return result(error)
-    cached = _DRY_RUNS.get(code)
-    if cached is not None:  # the coder's validator and the engine check the same code
-        return result(*cached)
     from rayopt.program.sandbox import dry_run as run
 
     outcome = run(code, timeout=timeout)
-    if outcome.error is None or outcome.error.kind not in ("timeout", "internal", "memory"):
-        _DRY_RUNS[code] = (outcome.error, outcome.fingerprint)  # deterministic outcomes only
-        while len(_DRY_RUNS) > 512:
-            _DRY_RUNS.pop(next(iter(_DRY_RUNS)))
     return result(outcome.error, outcome.fingerprint)
-
-
-#: Dry-run outcomes by source text (insertion-ordered: the oldest is dropped first).
-_DRY_RUNS: dict[str, tuple[ProgramError | None, str | None]] = {}

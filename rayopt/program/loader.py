@@ -1,4 +1,4 @@
-"""Turn update_fn source into a callable, in a namespace that holds only JAX."""
+"""Turn validated update_fn source into a callable, in a namespace that holds only JAX."""
 
 from __future__ import annotations
 
@@ -36,20 +36,6 @@ SAFE_BUILTINS = {
 def namespace() -> dict:
     """Fresh globals for one program: jnp, jax (lax, random, nn reachable through it)."""
     return {"__builtins__": dict(SAFE_BUILTINS), "jnp": jnp, "jax": jax, "lax": jax.lax}
-
-
-def load_update_fn(code: str, name: str = "update_fn") -> Callable:
-    """Execute ``code`` and return its ``update_fn``.
-
-    Trusted callers (the library) use this directly; untrusted code goes through
-    ``rayopt.program.validate`` first.
-    """
-    env = namespace()
-    exec(compile(code, "<update_fn>", "exec"), env)  # noqa: S102 - namespace holds only JAX
-    fn = env.get(name)
-    if not callable(fn):
-        raise ValueError(f"code defines no function named {name}")
-    return fn
 
 
 def load_checked(code: str, name: str = "update_fn") -> Callable:

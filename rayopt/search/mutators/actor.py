@@ -2,18 +2,25 @@
 
 A mutator actor runs many proposals at once (LLM calls are I/O). After a proposal it
 checks the code (validation, literal audit, canonical hash, behavioural fingerprint)
-so the driver can deduplicate before paying for PPO.
+so the driver can deduplicate before paying for PPO; the built-in mutators already
+checked their code and carry the result, which is used as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from rayopt.search.mutators.base import MutationRequest, MutationResult
+
+if TYPE_CHECKING:
+    from rayopt.program.check import CheckResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +52,20 @@ def make_mutator(kind: str, llm: dict[str, Any] | None = None) -> Any:
 
 
 def check_proposal(result: MutationResult, parent_code: str) -> Checked:
-    """Validate and fingerprint a proposal's code; count the literals it introduced."""
+    """Validate and fingerprint a proposal's code; count the literals it introduced.
+
+    A candidate is checked once on its way to the driver: when the mutator already
+    checked this code with a dry run (``result.check``), that result is used; otherwise
+    (no check carried, a static-only one, or one for other code) ``rayopt.program.check``
+    runs here.
+    """
     from rayopt.program import check, introduced
 
     if not result.ok or not result.code:
         return Checked(result)
-    c = check(result.code, dry_run=True, timeout=10.0)
+    c = carried_check(result)
+    if c is None:
+        c = check(result.code, dry_run=True, timeout=10.0)
     if not c.ok:
         return Checked(
             result,
@@ -68,6 +83,21 @@ def check_proposal(result: MutationResult, parent_code: str) -> Checked:
         literal_count=c.tunable_count,
         new_literals=len(introduced(result.code, parent_code)),
     )
+
+
+def carried_check(result: MutationResult) -> CheckResult | None:
+    """``result.check`` if it can stand for a full check of ``result.code``: it is for
+    that code (same canonical hash) and it is final (it failed, or it passed the dry run,
+    which gives a fingerprint); else None."""
+    from rayopt.program import canonical_hash
+
+    c = result.check
+    if c is None or result.code is None or (c.ok and c.fingerprint is None):
+        return None
+    if c.hash != canonical_hash(result.code):
+        log.warning("%s mutator carried a check for other code; checking again", result.mutator)
+        return None
+    return c
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=2)

@@ -9,7 +9,10 @@ proposals at once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from rayopt.program.check import CheckResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +74,12 @@ class CallRecord:
 
 @dataclasses.dataclass(frozen=True)
 class MutationResult:
-    """A proposal, or a structured failure (``ok`` False, ``error`` says why)."""
+    """A proposal, or a structured failure (``ok`` False, ``error`` says why).
+
+    ``check``: what ``rayopt.program.check`` found in exactly ``code``, when the mutator
+    already ran it (validation and dry run); the actor reuses it instead of checking
+    the same code a second time (see ``actor.check_proposal``).
+    """
 
     ok: bool
     mutator: str
@@ -80,6 +88,7 @@ class MutationResult:
     thought: str | None = None
     calls: tuple[CallRecord, ...] = ()
     error: str | None = None
+    check: CheckResult | None = None
 
     @property
     def cost_usd(self) -> float:

@@ -189,31 +189,36 @@ class LLMConfig:
 
     @classmethod
     def from_dict(
-        cls, d: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None
+        cls,
+        d: Mapping[str, Any],
+        *,
+        base_dir: str | os.PathLike | None = None,
+        where: str = "mutator",
     ) -> LLMConfig:
-        """Build from the ``mutator:`` mapping of a YAML config.
+        """Build from the LLM mutator's mapping of a YAML config (for a discovery config,
+        ``LLMConfig.from_dict(load_discovery(path).mutator.llm, where="mutator.llm")``).
 
-        Raises ConfigError for unknown keys, wrong types and bad values. Role sections
-        start from the role's defaults (thinker 0.7, coder 0.3; no temperature for
-        anthropic). Relative prompt paths are made absolute against ``base_dir``
-        (default: the current directory) here, in the driver, because Ray workers run
-        elsewhere.
+        Raises ConfigError for unknown keys, wrong types and bad values; its message
+        names the key path under ``where``. Role sections start from the role's defaults
+        (thinker 0.7, coder 0.3; no temperature for anthropic). Relative prompt paths are
+        made absolute against ``base_dir`` (default: the current directory) here, in the
+        driver, because Ray workers run elsewhere.
         """
         if not isinstance(d, Mapping):
-            raise ConfigError(f"mutator: expected a mapping, got {type(d).__name__}")
+            raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
         data = dict(d)
         for role in ("thinker", "coder"):
             if role in data:
                 section = data[role]
                 if not isinstance(section, Mapping):
                     raise ConfigError(
-                        f"mutator.{role}: expected a mapping, got {type(section).__name__}"
+                        f"{where}.{role}: expected a mapping, got {type(section).__name__}"
                     )
                 section = dict(section)
                 if "temperature" not in section and section.get("provider") != "anthropic":
                     section["temperature"] = _ROLE_TEMPERATURE[role]
                 data[role] = section
-        config = from_dict(cls, data, "mutator")
+        config = from_dict(cls, data, where)
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         resolved = {
             f.name: str((base / p).resolve()) if p is not None else None
@@ -221,15 +226,3 @@ class LLMConfig:
             for p in [getattr(config.prompts, f.name)]
         }
         return dataclasses.replace(config, prompts=PromptPaths(**resolved))
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> LLMConfig:
-        """Read a discovery config's ``mutator.llm`` block (or the whole file if it has
-        none); relative prompt paths resolve against the current directory."""
-        from rayopt.config import read_yaml
-
-        doc: Any = read_yaml(path)
-        for key in ("mutator", "llm"):
-            if isinstance(doc, Mapping) and key in doc:
-                doc = doc[key]
-        return cls.from_dict(doc)

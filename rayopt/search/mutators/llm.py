@@ -26,13 +26,20 @@ import random
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayopt.search.mutators.base import CallRecord, MutationRequest, MutationResult, Scored
 from rayopt.search.mutators.config import LLMConfig, PromptPaths
 from rayopt.search.mutators.extract import Idea, parse_coder, parse_thinker, same_program
 from rayopt.search.mutators.providers import CallOutcome, ChatClient, RetryPolicy
-from rayopt.search.mutators.validation import DefaultValidator, Validator
+from rayopt.search.mutators.validation import (
+    DefaultValidator,
+    Validator,
+    describe_check_result,
+)
+
+if TYPE_CHECKING:
+    from rayopt.program.check import CheckResult
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +249,9 @@ def _render_scored(
 class LLMMutator:
     """Thinker/coder mutation over OpenAI, Anthropic or an OpenAI-compatible server.
 
-    ``validate`` checks coder output (default: rayopt.program.check, or a static check
-    until that exists); ``budget`` may be shared between mutators in one process.
+    ``validate`` checks coder output (default: :class:`DefaultValidator`, i.e.
+    rayopt.program.check, whose result the proposal carries); ``budget`` may be shared
+    between mutators in one process.
     """
 
     name = "llm"
@@ -309,7 +317,7 @@ class LLMMutator:
             idea, error = await self._think(request, calls)
             if idea is None:
                 return self._fail(calls, error)
-            code, error = await self._code(request.current.code, idea, calls)
+            code, error, checked = await self._code(request.current.code, idea, calls)
             if code is None:
                 return self._fail(calls, error, idea)
             return MutationResult(
@@ -319,6 +327,7 @@ class LLMMutator:
                 idea=idea.suggestion,
                 thought=idea.thought,
                 calls=tuple(calls),
+                check=checked,
             )
         except Exception as exc:  # noqa: BLE001 - the contract is to never raise
             log.exception("LLM mutator failed unexpectedly")
@@ -377,14 +386,15 @@ class LLMMutator:
 
     async def _code(
         self, current: str, idea: Idea, calls: list[CallRecord]
-    ) -> tuple[str | None, str]:
+    ) -> tuple[str | None, str, CheckResult | None]:
+        """(valid code or None, error, the validator's CheckResult when it gives one)."""
         system = self.prompts.coder_system
         messages = [{"role": "user", "content": self.prompts.coder(current, idea.suggestion)}]
         error = "no attempts"
         for attempt in range(1, self.config.max_coder_attempts + 1):
             reply, error, fatal = await self._ask(self.coder, system, messages, attempt, calls)
             if fatal:
-                return None, f"coder: {error}"
+                return None, f"coder: {error}", None
             if reply is None:
                 continue
             code, why = parse_coder(reply.text)
@@ -396,9 +406,9 @@ class LLMMutator:
                     "the suggested change is missing"
                 )
             else:
-                feedback = await self._validate(code)
+                feedback, checked = await self._validate(code)
                 if feedback is None:
-                    return code, ""
+                    return code, "", checked
             error = feedback
             self._reject(calls, error)
             if reply.text.strip():  # continue the conversation with the error fed back
@@ -408,13 +418,19 @@ class LLMMutator:
                     {"role": "user", "content": self.prompts.retry(feedback)},
                 ]
         n = self.config.max_coder_attempts
-        return None, f"coder gave no valid code in {n} attempts; last: {error}"
+        return None, f"coder gave no valid code in {n} attempts; last: {error}", None
 
-    async def _validate(self, code: str) -> str | None:
+    async def _validate(self, code: str) -> tuple[str | None, CheckResult | None]:
+        """(feedback or None, CheckResult). The default validator's result travels on with
+        the proposal, so the actor does not check the same code again; an injected
+        ``validate`` gives only feedback."""
         try:
-            return await asyncio.to_thread(self.validate, code)
+            if isinstance(self.validate, DefaultValidator):
+                checked = await asyncio.to_thread(self.validate.check, code)
+                return describe_check_result(checked), checked
+            return await asyncio.to_thread(self.validate, code), None
         except Exception as exc:  # noqa: BLE001 - a crashing validator rejects the code
-            return f"validation crashed: {type(exc).__name__}: {exc}"
+            return f"validation crashed: {type(exc).__name__}: {exc}", None
 
     def _fail(
         self, calls: list[CallRecord], error: str, idea: Idea | None = None

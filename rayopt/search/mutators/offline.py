@@ -24,8 +24,12 @@ import copy
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rayopt.search.mutators.base import CallRecord, MutationRequest, MutationResult
+
+if TYPE_CHECKING:
+    from rayopt.program.check import CheckResult
 
 TENSORS = ("g", "w", "var1", "var2")
 SCALARS = ("t_p", "b_p", "l_p")
@@ -36,21 +40,27 @@ OP_TEXT = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 Checker = Callable[[str], str | None]
 
 
-def _default_checker(code: str) -> str | None:
-    from rayopt.program import check
-
-    result = check(code, dry_run=True, timeout=10.0)
-    return None if result.ok else f"{result.error.kind}: {result.error.message}"
-
-
 class OfflineMutator:
-    """Random typed AST mutations; ``check`` returns an error string or None."""
+    """Random typed AST mutations.
+
+    ``check`` (an error string or None) replaces the default, ``rayopt.program.check``
+    with a dry run, whose result the proposal carries on so the code is not checked
+    again (see ``MutationResult.check``).
+    """
 
     name = "offline"
 
     def __init__(self, check: Checker | None = None, max_attempts: int = 32):
-        self.check = check or _default_checker
+        self.check = check
         self.max_attempts = max_attempts
+
+    def _check(self, code: str) -> tuple[str | None, CheckResult | None]:
+        if self.check is not None:
+            return self.check(code), None
+        from rayopt.program import check
+
+        result = check(code, dry_run=True, timeout=10.0)
+        return (None if result.ok else f"{result.error.kind}: {result.error.message}"), result
 
     async def propose(self, request: MutationRequest) -> MutationResult:
         return await asyncio.to_thread(self.propose_sync, request)
@@ -63,11 +73,13 @@ class OfflineMutator:
         error = "no mutation applied"
         for attempt in range(1, self.max_attempts + 1):
             t0 = time.perf_counter()
+            checked = None
             try:
                 code, idea = mutate(request.current.code, rng)
-                error = self.check(code)
-            except Exception as err:  # noqa: BLE001 - a mutation that does not apply; never raise
+            except (SyntaxError, ValueError, IndexError) as err:  # a mutation that does not apply
                 code, idea, error = None, None, f"{type(err).__name__}: {err}"
+            else:
+                error, checked = self._check(code)
             ok = error is None
             calls.append(
                 CallRecord(
@@ -82,7 +94,12 @@ class OfflineMutator:
             )
             if ok:
                 return MutationResult(
-                    ok=True, mutator=self.name, code=code, idea=idea, calls=tuple(calls[-1:])
+                    ok=True,
+                    mutator=self.name,
+                    code=code,
+                    idea=idea,
+                    calls=tuple(calls[-1:]),
+                    check=checked,
                 )
         return MutationResult(
             ok=False,
