@@ -156,6 +156,7 @@ def _evaluate_local(args: argparse.Namespace) -> int:
 
     from rayopt.analysis._rliable import metrics as rly
     from rayopt.optim import resolve
+    from rayopt.optim.open import check_open_weights
     from rayopt.rl.envs import parse_envs
     from rayopt.rl.evaluation import evaluate
     from rayopt.rl.ppo import config_for
@@ -163,13 +164,8 @@ def _evaluate_local(args: argparse.Namespace) -> int:
     optimizers = args.optimizers or ["adam"]
     seeds = args.seeds or 4
     overrides = _ppo_flags(args)
-    try:
-        specs = [resolve(o, open_weights=args.open_weights) for o in optimizers]
-        for spec in specs:
-            if spec.kind == "open":  # a bad checkpoint fails now, not after the other runs
-                from rayopt.optim.open import load_open_params
-
-                load_open_params(spec.weights or "")
+    try:  # a bad OPEN checkpoint fails now, not after the other runs
+        specs = [check_open_weights(resolve(o, open_weights=args.open_weights)) for o in optimizers]
     except (ValueError, FileNotFoundError) as err:
         print(f"rayopt evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -260,7 +256,8 @@ def _add_discover(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--open-weights",
-        help="OPEN checkpoint (multi_OPEN.npy): needed when search.references has open",
+        help="OPEN checkpoint (multi_OPEN.npy): needed when search.references has open. "
+        "Allowed with --resume (the checkpoint may have moved)",
     )
     p.add_argument(
         "overrides",
@@ -277,21 +274,22 @@ def _discover(args: argparse.Namespace) -> int:
     from rayopt.config import ConfigError, load_discovery
     from rayopt.search.driver import Discovery, init_ray
 
+    # JSON is YAML: a path stays a string whatever it looks like ("null", "~", "1e3")
+    weights = [f"open_weights={json.dumps(args.open_weights)}"] if args.open_weights else []
     try:
         if args.resume:
             if args.config or args.overrides or args.meta_seeds:
                 raise ConfigError(
                     "--resume takes the run's own config; drop --config and overrides"
                 )
-            discovery = Discovery.load(args.resume)
+            discovery = Discovery.load(args.resume, overrides=weights)
         else:
             overrides = list(args.overrides)
             if args.meta_seeds:
                 overrides.append(f"meta_seeds={args.meta_seeds}")
             if args.address:
                 overrides.append(f"address={args.address}")
-            if args.open_weights:
-                overrides.append(f"open_weights={args.open_weights}")
+            overrides += weights
             config = load_discovery(args.config, overrides)
             discovery = Discovery.create(config, args.run_dir)
     except (ConfigError, FileExistsError, FileNotFoundError) as err:

@@ -153,6 +153,7 @@ class DiscoveryConfig:
     def validate(self) -> DiscoveryConfig:
         """Checks that need more than types: names exist, numbers are in range."""
         from rayopt.optim import LIBRARY, resolve
+        from rayopt.optim.open import check_open_weights
         from rayopt.rl.envs import parse_envs
         from rayopt.rl.ppo import PPOConfig, config_for
 
@@ -189,18 +190,13 @@ class DiscoveryConfig:
         for name in self.search.initial:
             if name not in LIBRARY or name == "open" or name.startswith("adam"):
                 raise ConfigError(f"search.initial: {name!r} is not a symbolic library optimiser")
+        if self.open_weights:  # absolute: a resume (and a Ray worker) may start elsewhere
+            self.open_weights = str(Path(self.open_weights).expanduser().resolve())
         for name in self.search.references:
             try:
-                spec = resolve(name, open_weights=self.open_weights)
+                check_open_weights(resolve(name, open_weights=self.open_weights))
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"search.references: {err}") from None
-            if spec.kind == "open":
-                from rayopt.optim.open import load_open_params
-
-                try:
-                    load_open_params(spec.weights or "")
-                except (ValueError, FileNotFoundError) as err:
-                    raise ConfigError(f"search.references: {err}") from None
         checks = [
             (self.search.generations >= 1, "search.generations must be >= 1"),
             (self.search.refinements >= 1, "search.refinements must be >= 1"),
@@ -236,16 +232,13 @@ class DiscoveryConfig:
         if self.mutator.kind == "llm":
             from rayopt.search.mutators.config import LLMConfig
 
-            prompts = self.mutator.llm.get("prompts") or {}
-            if isinstance(prompts, dict):  # absolute here: Ray workers run elsewhere
-                self.mutator.llm["prompts"] = {
-                    k: str(Path(v).resolve()) if isinstance(v, str) else v
-                    for k, v in prompts.items()
-                }
             try:
-                LLMConfig.from_dict(self.mutator.llm)
+                llm = LLMConfig.from_dict(self.mutator.llm, where="mutator.llm")
             except (TypeError, ValueError) as err:
-                raise ConfigError(str(err).replace("mutator", "mutator.llm", 1)) from None
+                raise ConfigError(str(err)) from None
+            prompts = self.mutator.llm.get("prompts")
+            if prompts:  # from_dict made them absolute: Ray workers run elsewhere
+                self.mutator.llm["prompts"] = {k: getattr(llm.prompts, k) for k in prompts}
         elif self.mutator.llm:
             raise ConfigError("mutator.llm is set but mutator.kind is offline; set kind: llm")
         return self

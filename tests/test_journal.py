@@ -61,3 +61,34 @@ def test_compaction_merges_and_readers_never_see_a_row_twice(tmp_path):
     assert [f.name.split("-")[0] for f in journal_dir(tmp_path).iterdir()] == ["compact"]
     assert sorted(read(tmp_path, columns=["seed"]).column("seed").to_pylist()) == [*range(10), 100]
     assert compact(tmp_path) == 0  # one file: nothing to do
+
+
+def test_an_older_compaction_finishing_last_keeps_the_newer_one(tmp_path, monkeypatch):
+    """Two compactions overlap: the newer one (more parts) finishes first and deletes its
+    parts; the older one must then not delete the newer compaction (rows would be lost)."""
+    from rayopt.results import journal
+
+    w = JournalWriter(tmp_path)
+    for k in range(3):
+        w.write(_rows(2, start=2 * k))
+    real_write = journal.pq.write_table
+    newer: list[int] = []
+
+    def write_table(table, where, **kwargs):
+        if not newer:  # the older compaction has listed its 3 parts; the newer one runs now
+            newer.append(0)
+            for k in range(3, 5):
+                w.write(_rows(2, start=2 * k))
+            newer[0] = compact(tmp_path)
+        real_write(table, where, **kwargs)
+
+    monkeypatch.setattr(journal.pq, "write_table", write_table)
+    compact(tmp_path)
+    assert newer == [5]  # the newer compaction covered all 5 parts
+    names = sorted(f.name for f in journal_dir(tmp_path).glob("*.parquet"))
+    assert [n.split("-")[0] for n in names] == ["compact", "compact"]
+    assert sorted(read(tmp_path, columns=["seed"]).column("seed").to_pylist()) == [*range(10)]
+    monkeypatch.undo()
+    w.write(_rows(1, start=100))
+    assert compact(tmp_path) == 3  # both compactions and the new part
+    assert sorted(read(tmp_path, columns=["seed"]).column("seed").to_pylist()) == [*range(10), 100]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,12 +26,16 @@ import optax
 
 from rayopt.optim.context import UpdateContext
 
+if TYPE_CHECKING:
+    from rayopt.optim import OptimiserSpec
+
 __all__ = [
     "DECAYS",
     "NUM_INPUTS",
     "VARIANTS",
     "OpenState",
     "OpenVariant",
+    "check_open_weights",
     "load_open_params",
     "open_networks",
     "open_optimiser",
@@ -189,6 +193,15 @@ def load_open_params(path: str | os.PathLike) -> tuple[dict, OpenVariant]:
         offset += n
     _template_check(variant, tree)
     return tree, variant
+
+
+def check_open_weights(spec: OptimiserSpec) -> OptimiserSpec:
+    """``spec``, after loading its checkpoint if it is OPEN: a missing or malformed file
+    fails now (``FileNotFoundError`` / ``ValueError``), not after hours of other work.
+    Any other optimiser passes unchecked."""
+    if spec.kind == "open":
+        load_open_params(spec.weights or "")
+    return spec
 
 
 def _features(

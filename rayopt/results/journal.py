@@ -122,11 +122,14 @@ def compact(run_dir: str | os.PathLike, min_files: int = 2) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, directory / name)
     covered = "part-" + name[len("compact-") :]
-    stale = [  # invisible to readers now; also parts an interrupted compaction left behind
+    # Invisible to readers now: the parts it covers (also ones an interrupted compaction
+    # left behind) and older compactions. Never a newer compaction: one that ran
+    # meanwhile and finished first has deleted parts this one does not hold.
+    stale = [
         f
         for f in directory.glob("*.parquet")
-        if f.name != name
-        and (f.name.startswith("compact-") or (f.name.startswith("part-") and f.name <= covered))
+        if (f.name.startswith("compact-") and f.name < name)
+        or (f.name.startswith("part-") and f.name <= covered)
     ]
     for f in stale:
         f.unlink(missing_ok=True)

@@ -60,13 +60,18 @@ def evaluate(
 ) -> EnvResult:
     """Train PPO with ``spec`` on ``config.env`` once per seed.
 
-    ``keep=False`` drops the compiled trainer afterwards (a discovery candidate is
-    evaluated once per config; its executable would only hold memory).
+    ``keep`` caches the compiled trainer for the next evaluation of (``spec``,
+    ``config``). ``keep=False`` (a discovery candidate, evaluated once per config) uses a
+    cached trainer if there is one but never adds one: its executable would only hold
+    memory, and would evict trainers that are reused.
     """
-    trainer = trainer_for(spec, config)
+    if keep:
+        trainer = trainer_for(spec, config)
+    else:
+        trainer = _TRAINERS.get((spec, config)) or make_train(
+            config, build(spec, config.max_grad_norm)
+        )
     result = train_seeds(trainer, seeds, fast_compile=fast_compile)
-    if not keep:
-        _TRAINERS.pop((spec, config), None)
     m = result.metrics
     return EnvResult(
         optimiser=spec.name,
@@ -80,11 +85,6 @@ def evaluate(
         run_s=result.run_s,
         config=config,
     )
-
-
-def release() -> None:
-    """Forget every cached trainer and its executables."""
-    _TRAINERS.clear()
 
 
 def random_policy_return(

@@ -132,11 +132,17 @@ class Discovery:
         return cls(config, run_dir, **pools)
 
     @classmethod
-    def load(cls, run_dir: str | Path, **pools: Any) -> Discovery:
+    def load(
+        cls, run_dir: str | Path, overrides: list[str] | None = None, **pools: Any
+    ) -> Discovery:
+        """Resume the run in ``run_dir`` with its own config; ``overrides`` (``key=value``)
+        may only change where things are (``open_weights`` of a moved checkpoint), not
+        what the run does: they are not written to its config file."""
         run_dir = Path(run_dir)
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}: not a rayopt run directory")
-        return cls(load_discovery(run_dir / CONFIG_FILE), run_dir, resume=True, **pools)
+        config = load_discovery(run_dir / CONFIG_FILE, overrides)
+        return cls(config, run_dir, resume=True, **pools)
 
     def _start_actors(self) -> None:
         """Evaluator and mutator actors, unless pools were handed in (tests, benchmarks)."""
@@ -188,7 +194,10 @@ class Discovery:
                 self.searches.append(Search(ms, self._run_id(ms), islands, [0] * n, [0] * n))
             await asyncio.gather(*(self._initialise(s, history) for s in self.searches))
             progress = asyncio.create_task(self._progress_loop())
-            await asyncio.gather(*(self._search(s) for s in self.searches))
+            await asyncio.gather(  # references feed no archive: the search need not wait
+                *(self._search(s) for s in self.searches),
+                *(self._references(s, history) for s in self.searches),
+            )
             summary = await self.summary()
             self._print_progress(final=True)
             compact(self.run_dir)  # one file instead of thousands: fast to read and resume
@@ -230,21 +239,23 @@ class Discovery:
 
     # ------------------------------------------------------------ initial archive
     async def _initialise(self, s: Search, history: dict[str, Any] | None) -> None:
-        """Evaluate the initial optimisers (App. B) and the references; on resume, take
-        what the journal has and finish the rest."""
+        """Evaluate the initial optimisers (App. B); on resume, take what the journal has
+        (a verdict is final: ``invalid`` or ``evaluation_failed`` stays so), finish the
+        rest and rebuild the archives."""
         cfg = self.config
         state = (history or {}).get(s.run_id)
         if state:
             self._restore_flags(s, state)
         created = state["created"] if state else {}
         done = state["evaluated"] if state else {}
+        terminal = state["terminal"] if state else {}
         ready: list[Candidate] = []
         todo: list[Candidate] = []
         for name in cfg.search.initial:
             cid = f"init-{name}"
             if cid in done:
                 ready.append(done[cid])
-            else:
+            elif cid not in terminal:
                 todo.append(
                     created.get(cid)
                     or Candidate(id=cid, code=SYMBOLIC[name], name=name, mutator="library")
@@ -256,15 +267,20 @@ class Discovery:
         for c in ready:
             self._index(s, c)
         await asyncio.gather(*(isl.add.remote(ready) for isl in s.islands))
-        await asyncio.gather(*(self._reference(s, name, state) for name in cfg.search.references))
         if state:
             await self._restore(s, state)
+
+    async def _references(self, s: Search, history: dict[str, Any] | None) -> None:
+        """Evaluate the reference optimisers, alongside the search."""
+        state = (history or {}).get(s.run_id)
+        names = self.config.search.references
+        await asyncio.gather(*(self._reference(s, name, state) for name in names))
 
     async def _reference(self, s: Search, name: str, state: dict[str, Any] | None) -> None:
         """Evaluate a reference optimiser (Adam, OPEN) like a candidate, so analysis can
         say where it would rank; it never joins an archive."""
         cid = f"ref-{name}"
-        if state and cid in state["evaluated"]:
+        if state and cid in state["terminal"]:  # evaluated, or failed for good
             return
         spec = resolve(name, open_weights=self.config.open_weights)
         c = (state or {}).get("created", {}).get(cid) or Candidate(
@@ -493,7 +509,12 @@ class Discovery:
         env = cfg.cascade.env
         ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
         task = EvalTask(
-            f"{c.id}/screen/{env}", spec, ppo, tuple(range(cfg.cascade.seeds)), fast_compile=True
+            f"{c.id}/screen/{env}",
+            spec,
+            ppo,
+            tuple(range(cfg.cascade.seeds)),
+            fast_compile=True,
+            keep=False,  # only mutated candidates are screened; each once
         )
         out = await self.evaluators.run(task)
         why = ""
@@ -514,24 +535,26 @@ class Discovery:
             if why
             else dict(event="screened", **where)
         )
-        self._write(s, [*self._rows(out, where, stage="screen"), verdict])
+        self._write(s, [*outcome_rows(out, where, stage="screen"), verdict])
         s.screened.add(c.id)
         return not why
 
     async def _evaluate_all(
         self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict
     ) -> Candidate | None:
-        """Every environment not yet journalled for ``c``, then the verdict."""
+        """Every environment not yet journalled for ``c``, then the verdict. An env that
+        failed before a crash (resume) fixes the verdict: nothing is trained again."""
         cfg = self.config
+        failed_before = c.id in s.failed_envs
         outcomes = await asyncio.gather(
             *(
                 self._evaluate(s, c, spec, env, where)
                 for env in cfg.envs
-                if env not in c.final_return
+                if env not in c.final_return and not failed_before
             )
         )
         failed = [o for o in outcomes if not o.ok]
-        if failed or c.id in s.failed_envs:
+        if failed or failed_before:
             s.failed += 1
             f = failed[0] if failed else None
             self._write(
@@ -548,7 +571,7 @@ class Discovery:
                 ],
             )
             return None
-        if c.mutator != "reference":
+        if _joins_archive(c):
             s.evaluated += 1
             self._index(s, c)
         mean = float(np.nanmean([c.final_return[e] for e in cfg.envs]))
@@ -574,17 +597,15 @@ class Discovery:
             cfg.ppo_config(env),
             tuple(range(cfg.seeds)),
             fast_compile=cfg.evaluator.fast_compile,
+            keep=c.mutator in ("library", "reference"),  # they recur (meta-seeds); not the rest
         )
         out = await self.evaluators.run(task)
-        self._write(s, self._rows(out, where, stage="full"))
+        self._write(s, outcome_rows(out, where, stage="full"))
         if out.ok:
             c.final_return[env] = float(np.nanmean(out.final_return))
             c.auc[env] = float(np.nanmean(out.auc))
             c.curves[env] = np.nanmean(out.return_curve, axis=0).astype(float).tolist()
         return out
-
-    def _rows(self, out: EvalOutcome, where: dict, stage: str) -> list[dict]:
-        return outcome_rows(out, where, stage)
 
     def _index(self, s: Search, c: Candidate) -> None:
         s.candidates[c.id] = c
@@ -705,7 +726,7 @@ class Discovery:
         """Rebuild archives, counters, unfinished generations and due migrations."""
         cfg = self.config
         rs, created, terminal = state["rows"], state["created"], state["terminal"]
-        evaluated = {k: c for k, c in state["evaluated"].items() if c.mutator != "reference"}
+        evaluated = {k: c for k, c in state["evaluated"].items() if _joins_archive(c)}
         for c in evaluated.values():
             self._index(s, c)
         starts = {(r["island"], r["generation"]): r for r in rs if r["event"] == "generation_start"}
@@ -754,9 +775,9 @@ class Discovery:
                 elif verdict is None:
                     lin.pending.append(c)
             s.resumed.append(lin)
-        s.evaluated = sum(
-            1 for c in evaluated.values() if c.mutator == "offline" or c.mutator == "llm"
-        )
+        # Added to what this session's initial evaluations counted (the same rules as live).
+        s.evaluated += len(evaluated)
+        s.failed += sum(1 for v in terminal.values() if v == "evaluation_failed")
 
     # ------------------------------------------------------------ progress
     async def _progress_loop(self) -> None:
@@ -816,6 +837,11 @@ class Discovery:
         return out
 
 
+def _joins_archive(c: Candidate) -> bool:
+    """Whether ``c`` joins an archive (and counts as evaluated): all but references."""
+    return c.mutator != "reference"
+
+
 def _check_code(c: Candidate) -> Checked:
     from rayopt.search.mutators.actor import check_proposal
     from rayopt.search.mutators.base import MutationResult
@@ -849,7 +875,7 @@ def _candidate_from_row(r: dict) -> Candidate:
         parent_id=r["parent_id"],
         base_id=r["base_id"],
         mutator=r["mutator"] or "library",
-        name=r["optimizer"] if r["mutator"] == "library" else None,
+        name=r["optimizer"] if r["mutator"] in ("library", "reference") else None,
         idea=r["idea"],
         thought=r["thought"],
         code_hash=r["code_hash"],

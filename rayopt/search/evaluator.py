@@ -34,6 +34,10 @@ class EvalTask:
     config: PPOConfig
     seeds: tuple[int, ...]
     fast_compile: bool = False  # CPU: compile ~2x faster, run ~2x slower (short runs)
+    # Keep the compiled trainer on the evaluator for the next task with the same (spec,
+    # config): library optimisers, references and sweep chunks recur; a discovery
+    # candidate is evaluated once per config (False: its executable is freed at once).
+    keep: bool = True
 
 
 @dataclasses.dataclass
@@ -103,13 +107,11 @@ class EvaluatorActor:
 
     def evaluate(self, task: EvalTask) -> dict[str, Any]:
         # Symbolic code is validated again by build(): the evaluator trusts no caller.
-        # Library and reference optimisers recur (meta-seeds, sweeps): keep them compiled;
-        # a candidate is evaluated once per config: free its executable at once.
-        from rayopt.optim import SYMBOLIC
         from rayopt.rl.evaluation import evaluate
 
-        keep = task.spec.kind != "symbolic" or SYMBOLIC.get(task.spec.name) == task.spec.code
-        r = evaluate(task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=keep)
+        r = evaluate(
+            task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=task.keep
+        )
         return dict(
             final_return=r.final_return,
             auc=r.auc,
@@ -120,13 +122,6 @@ class EvaluatorActor:
             node=self.node,
             evaluator=self.id,
         )
-
-    def release(self) -> None:
-        """Free every compiled trainer and JAX's caches (memory back to the device)."""
-        from rayopt.rl.evaluation import release
-
-        release()
-        self._jax.clear_caches()
 
     def random_return(
         self, env: str, num_envs: int = 64, num_steps: int = 2000, seed: int = 0
@@ -196,27 +191,24 @@ class EvaluatorPool:
             error = "no attempt made"
             for attempt in range(1, self.max_attempts + 1):
                 slot = await free.get()
-                t0 = time.monotonic()
-                self.busy += 1
-                try:
-                    out = await slot.actor.evaluate.remote(task)
+                try:  # the slot goes back whatever happens: other Ray errors, cancellation
+                    t0 = time.monotonic()
+                    self.busy += 1
+                    try:
+                        out = await slot.actor.evaluate.remote(task)
+                    finally:  # busy while the actor runs the task, not while it restarts
+                        self.busy -= 1
+                        slot.busy_s += time.monotonic() - t0
                 except RayTaskError as err:  # the evaluation raised: bad code, not bad luck
-                    self.busy -= 1
-                    slot.busy_s += time.monotonic() - t0
-                    free.put_nowait(slot)
                     return EvalOutcome(
                         task, ok=False, attempts=attempt, error=_short(err), error_kind="evaluation"
                     )
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
-                    self.busy -= 1
-                    slot.busy_s += time.monotonic() - t0
                     await _until_alive(slot.actor)  # Ray restarts it; don't spend attempts
-                    free.put_nowait(slot)
                     continue
-                self.busy -= 1
-                slot.busy_s += time.monotonic() - t0
-                free.put_nowait(slot)
+                finally:
+                    free.put_nowait(slot)
                 self.done += 1
                 return EvalOutcome(task, ok=True, attempts=attempt, **out)
             return EvalOutcome(
