@@ -219,11 +219,10 @@ def resolve_optimizers(
         spec = resolve(name, open_weights=open_weights)
         kind = "file" if name.endswith(".py") else "library"
         out.append(SweepOptimizer(spec.name, spec, {"source": kind, "ref": name}))
-    for o in out:
-        if o.spec.kind == "open":  # a bad checkpoint fails now, not hours into the sweep
-            from rayopt.optim.open import load_open_params
+    from rayopt.optim.open import check_open_weights  # flax: only when resolving
 
-            load_open_params(o.spec.weights or "")
+    for o in out:  # a bad OPEN checkpoint fails now, not hours into the sweep
+        check_open_weights(o.spec)
     seen: set[str] = set()
     for o in out:
         if o.name in seen:
