@@ -8,73 +8,51 @@ GPU node's GPUs). Evaluators are ``SleepEvaluator`` actors (``rayopt.search.simu
 one per worker serving its ``--slots`` concurrently, placed by the ``evaluator``
 resource with the SPREAD strategy as ``start_evaluators`` does; an evaluation (one
 candidate on one env, all seeds) takes ``--eval-s`` and a mutation ``--mutate-s``
-(unscaled seconds), both multiplied by ``--scale``. The driver,
-islands, journal and pools are rayopt's own. Measured after the initial archive, over
-``--window`` seconds; candidates/hour is in unscaled time, next to the ideal
-``slots x 3600 / (envs x eval_s)``.
+(unscaled seconds), both multiplied by ``--scale``. The driver, islands, journal and
+pools are rayopt's own.
+
+The discovery config and the measurement are benchmarks/orchestration.py's (``config``,
+``steady_state``): ``lineages_per_island: 0`` (the driver sizes the lineages to the
+slots and ``--run-ahead``), a window of ``--window`` seconds that opens after the
+initial archive and a ramp-up of 2 x (mutate + eval) scaled seconds, utilisation as the
+mean number of busy slots sampled every 20 ms (evaluations running across the window's
+edges count for their part inside it). Candidates/hour is in unscaled time, next to the
+ideal ``slots x 3600 / (envs x eval_s)``. A busy slot is the pool's view: from dispatch
+until the driver's event loop has taken the result, so Ray's call latency and the
+driver's show up as ``work_done`` (evaluations completed x eval_s over slots x window,
+i.e. candidates/hour over ideal) below a utilisation near 1, and as
+``overhead_ms_per_eval`` (the mean slot-held time per evaluation minus eval_s).
+Scaling time by ``--scale`` multiplies the driver's event rate by 1/scale: a run with S
+slots loads the driver like S / scale evaluators working in real time
+(``real_time_equivalent_slots``), while the overhead per evaluation, in absolute time,
+stays what it is, so its share of an unscaled evaluation is ``scale`` times smaller.
 
     python benchmarks/cluster_scaling.py [--workers 1,2,4,8] [--slots 8] [--scale 0.1] [--window 60]
-
-Utilisation is useful work: evaluations completed in the window x their (scaled)
-duration, over slots x window (each edge of the window can be off by at most one
-evaluation per slot: eval_s x scale / window). ``slot_held`` is the pool's own busy
-time, which also counts the time a finished result waits for the driver's event loop:
-the gap between the two is driver overhead. Scaling time by ``--scale`` multiplies the
-driver's event rate by 1/scale: a run with S slots loads the driver like S / scale
-evaluators working in real time (``real_time_equivalent_slots``), so the point where
-utilisation drops is where this machine's driver saturates.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import math
 import os
 import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ray
 
-from rayopt.config import DiscoveryConfig, from_dict
-from rayopt.search.driver import Discovery, control_options
+from rayopt.search.driver import control_options
 from rayopt.search.evaluator import EvaluatorPool
 from rayopt.search.mutators.actor import MutatorPool
 from rayopt.search.simulate import SleepEvaluator, SleepMutator
 
-ENVS = ["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar"]
+sys.path.insert(0, str(Path(__file__).parent))
+import orchestration  # noqa: E402  (the sibling benchmark: config and measurement)
+
 MiB = 2**20
-
-
-def config(slots: int, islands: int, run_ahead: float) -> DiscoveryConfig:
-    """The paper's shape (4 envs x 8 seeds, 8 refinements), with enough lineages in flight
-    to keep ``slots`` evaluators busy plus ``run_ahead`` (the driver's own rule)."""
-    lineages = max(1, math.ceil(slots * (1 + run_ahead) / len(ENVS) / islands))
-    return from_dict(
-        DiscoveryConfig,
-        {
-            "name": "cluster-scaling",
-            "envs": ENVS,
-            "seeds": 8,
-            "progress_s": 3600.0,
-            "ppo": {"overrides": {"total_timesteps": 64 * 128 * 4}, "per_env": {}},
-            "search": {
-                "generations": 100_000,
-                "refinements": 8,
-                "references": [],
-                "lineages_per_island": lineages,
-            },
-            "islands": {"count": islands, "interval": 2, "migrants": 2},
-            "cascade": {"enabled": False},
-            "evaluator": {"run_ahead": run_ahead},
-        },
-    ).validate()
 
 
 async def measure(
@@ -90,7 +68,6 @@ async def measure(
     # One simulated evaluator per worker node serving all its slots concurrently (one
     # process per slot would be 64 processes on this 2-core machine, measuring it, not
     # the driver); it takes all the node's `evaluator` units, so it lands one per node.
-    slots = workers * per_worker
     actors = [
         SleepEvaluator.options(
             resources={"evaluator": per_worker}, scheduling_strategy="SPREAD"
@@ -108,41 +85,20 @@ async def measure(
     mutators = MutatorPool(
         [SleepMutator.options(max_concurrency=10_000, **control_options()).remote(mutate_s)]
     )
-    cfg = config(slots, islands, run_ahead)
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Discovery.create(
-            cfg, Path(tmp) / "run", evaluator_pool=evaluators, mutator_pool=mutators
-        )
-        run = asyncio.create_task(d.run())
-        while not d.searches or sum(d.searches[0].started) == 0:  # initial archive first
-            await asyncio.sleep(0.05)
-        t0, done0, evals0 = time.monotonic(), d.searches[0].evaluated, evaluators.done
-        busy0 = sum(s.busy_s for s in evaluators.slots)
-        await asyncio.sleep(window_s)
-        wall = time.monotonic() - t0
-        done = d.searches[0].evaluated - done0
-        evals = evaluators.done - evals0
-        busy = sum(s.busy_s for s in evaluators.slots) - busy0
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-        rows = d.journal.rows_written
+    cfg = orchestration.config(islands, name="cluster-scaling", run_ahead=run_ahead)
+    r = await orchestration.steady_state(cfg, evaluators, mutators, eval_s, mutate_s, window_s)
     for actor in (*actors, *mutators.actors):
         ray.kill(actor)
-    per_hour = done / wall * 3600
-    return dict(
-        slots=slots,
-        nodes_used=len(nodes),
-        lineages=cfg.search.lineages_per_island * islands,
-        candidates=done,
-        evaluations=evals,
-        evaluations_per_s=round(evals / wall, 2),
-        utilisation=round(evals * eval_s / (slots * wall), 3),
-        slot_held=round(busy / (slots * wall), 3),
-        window_s=round(wall, 1),
-        journal_rows=rows,
-        candidates_per_hour_scaled=round(per_hour, 1),
-    )
+    r["nodes_used"] = len(nodes)
+    r["evaluations_per_s"] = round(r["evaluations"] / r["window_s"], 2)
+    # completed work: evaluations finished in the window x their mean duration, over
+    # slots x window (the throughput's share of ideal; each window edge moves it by at
+    # most eval_s / window per slot, and in steady state the two edges balance)
+    r["work_done"] = round(r["evaluations"] * eval_s / (r["slots"] * r["window_s"]), 4)
+    # per evaluation, the slot was held this much longer than the simulated work (the
+    # jitter averages out: +-10 % uniform, a few hundred evaluations)
+    r["overhead_ms_per_eval"] = round((r["held_per_eval_s"] - eval_s) * 1000, 1)
+    return r
 
 
 def main() -> None:
@@ -152,12 +108,16 @@ def main() -> None:
     ap.add_argument("--eval-s", type=float, default=60.0, help="unscaled seconds per evaluation")
     ap.add_argument("--mutate-s", type=float, default=30.0, help="unscaled seconds per mutation")
     ap.add_argument("--scale", type=float, default=0.1, help="time scale of the simulation")
-    ap.add_argument("--window", type=float, default=60.0, help="seconds measured per size")
-    ap.add_argument("--islands", type=int, default=4)
+    ap.add_argument(
+        "--window", type=float, default=60.0, help="seconds of steady state measured per size"
+    )
+    ap.add_argument("--islands", type=int, default=8)
     ap.add_argument("--run-ahead", type=float, default=1.0)
     ap.add_argument("--out", default="benchmarks/results/cluster_scaling.json")
     args = ap.parse_args()
     sizes = [int(w) for w in args.workers.split(",")]
+    envs = len(orchestration.ENVS)
+    load_start = round(os.getloadavg()[0], 2)
 
     from ray.cluster_utils import Cluster
 
@@ -189,8 +149,11 @@ def main() -> None:
                 )
             )
             r["workers"] = n
-            r["candidates_per_hour"] = round(r.pop("candidates_per_hour_scaled") * args.scale, 1)
-            r["ideal_per_hour"] = round(r["slots"] * 3600 / (len(ENVS) * args.eval_s), 1)
+            r["utilisation"] = round(r["utilisation"], 4)
+            r["candidates_per_hour"] = round(
+                r["candidates"] / (r["window_s"] / args.scale) * 3600, 1
+            )
+            r["ideal_per_hour"] = round(r["slots"] * 3600 / (envs * args.eval_s), 1)
             # the driver's event rate equals that of this many real-time evaluators
             r["real_time_equivalent_slots"] = round(r["slots"] / args.scale)
             rows.append(r)
@@ -209,7 +172,9 @@ def main() -> None:
         "candidates_per_hour",
         "ideal_per_hour",
         "utilisation",
-        "slot_held",
+        "work_done",
+        "overhead_ms_per_eval",
+        "evaluations",
         "evaluations_per_s",
         "real_time_equivalent_slots",
     )
@@ -225,12 +190,18 @@ def main() -> None:
                 eval_s=args.eval_s,
                 mutate_s=args.mutate_s,
                 scale=args.scale,
-                envs=len(ENVS),
+                envs=envs,
                 slots_per_worker=args.slots,
+                islands=args.islands,
+                run_ahead=args.run_ahead,
+                window_s=args.window,
+                ramp_up_s=2 * (args.eval_s + args.mutate_s) * args.scale,
                 machine=dict(
                     cpus=os.cpu_count(),
                     platform=platform.platform(),
-                    load_avg_1m=round(os.getloadavg()[0], 2),
+                    # other jobs shared this machine: 1-minute load at the start and end
+                    load_avg_1m_start=load_start,
+                    load_avg_1m_end=round(os.getloadavg()[0], 2),
                 ),
                 ray=ray.__version__,
                 results=rows,

@@ -7,7 +7,8 @@ takes ``--eval-s`` and a mutation ``--mutate-s`` (paper-like 60 s and 30 s by de
 both multiplied by ``--scale`` so the run fits in minutes. Utilisation is measured in
 steady state (after the initial archive is evaluated and the lineages' first
 mutations are in) by sampling how many evaluator slots are busy. Candidates/hour is
-reported in unscaled time.
+reported in unscaled time. ``config`` and ``steady_state`` are also what
+benchmarks/cluster_scaling.py measures a multi-node cluster with.
 
     python benchmarks/orchestration.py [--slots 1,8,64,256] [--scale 0.1] [--window 20]
 
@@ -35,11 +36,14 @@ from rayopt.search.simulate import SleepEvaluator, SleepMutator
 ENVS = ["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar"]
 
 
-def config(islands: int) -> DiscoveryConfig:
+def config(islands: int, name: str = "orchestration", run_ahead: float = 1.0) -> DiscoveryConfig:
+    """The paper's shape (4 envs x 8 seeds, 8 refinements) with the tiny PPO budget the
+    sleeps ignore; ``lineages_per_island: 0``, so the driver itself sizes the lineages
+    in flight to the evaluator slots plus ``run_ahead`` (``Discovery._lineages_per_island``)."""
     return from_dict(
         DiscoveryConfig,
         {
-            "name": "orchestration",
+            "name": name,
             "envs": ENVS,
             "seeds": 8,
             "progress_s": 3600.0,
@@ -52,9 +56,63 @@ def config(islands: int) -> DiscoveryConfig:
             },
             "islands": {"count": islands, "interval": 2, "migrants": 2},
             "cascade": {"enabled": False},
-            "evaluator": {"run_ahead": 1.0},
+            "evaluator": {"run_ahead": run_ahead},
         },
     ).validate()
+
+
+async def steady_state(
+    cfg: DiscoveryConfig,
+    evaluators: EvaluatorPool,
+    mutators: MutatorPool,
+    eval_s: float,
+    mutate_s: float,
+    window_s: float,
+) -> dict:
+    """Run the real driver with ``cfg`` on these pools and measure it in steady state.
+
+    The window opens after the initial archive is evaluated and a ramp-up of
+    2 x (mutate_s + eval_s) in which the lineages' first mutations come in. Utilisation
+    is the mean number of busy evaluator slots (sampled every 20 ms, so evaluations
+    still running at either edge of the window count for the part inside it) over the
+    slots; candidates and evaluations are those completed inside the window, and
+    ``held_per_eval_s`` is the mean time a slot was held per completed evaluation."""
+    slots = evaluators.size
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Discovery.create(
+            cfg, Path(tmp) / "run", evaluator_pool=evaluators, mutator_pool=mutators
+        )
+        run = asyncio.create_task(d.run())
+        while not d.searches or sum(d.searches[0].started) == 0:  # initial archive first
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2 * (mutate_s + eval_s))  # lineages' first mutations: ramp-up
+        t0, done0, evals0, samples = time.monotonic(), d.searches[0].evaluated, evaluators.done, []
+        held0 = sum(s.busy_s for s in evaluators.slots)
+        while time.monotonic() - t0 < window_s:
+            samples.append(evaluators.busy)
+            await asyncio.sleep(0.02)
+        wall = time.monotonic() - t0
+        done, evals = d.searches[0].evaluated - done0, evaluators.done - evals0
+        # a slot's busy time is added when its evaluation returns: over the window, the
+        # whole slot-held time of the evaluations that completed in it
+        held = sum(s.busy_s for s in evaluators.slots) - held0
+        lineages = d._lineages_per_island() * cfg.islands.count * len(cfg.meta_seeds)
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        rows = d.journal.rows_written
+    return dict(
+        slots=slots,
+        lineages=lineages,
+        utilisation=sum(samples) / (len(samples) * slots),
+        candidates=done,
+        evaluations=evals,
+        # mean time a slot was held per evaluation (dispatch to result taken by the
+        # driver): eval_s plus Ray's round trip and the driver's event-loop latency
+        held_per_eval_s=round(held / max(evals, 1), 4),
+        window_s=round(wall, 2),
+        journal_rows=rows,
+    )
 
 
 async def measure(
@@ -62,34 +120,10 @@ async def measure(
 ) -> dict:
     evaluators = EvaluatorPool([SleepEvaluator.remote(eval_s)], slots_per_actor=slots)
     mutators = MutatorPool([SleepMutator.options(max_concurrency=10_000).remote(mutate_s)])
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Discovery.create(
-            config(islands), Path(tmp) / "run", evaluator_pool=evaluators, mutator_pool=mutators
-        )
-        run = asyncio.create_task(d.run())
-        while not d.searches or sum(d.searches[0].started) == 0:  # initial archive first
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(2 * (mutate_s + eval_s))  # lineages' first mutations: ramp-up
-        t0, done0, samples = time.monotonic(), d.searches[0].evaluated, []
-        while time.monotonic() - t0 < window_s:
-            samples.append(evaluators.busy)
-            await asyncio.sleep(0.02)
-        wall, done = time.monotonic() - t0, d.searches[0].evaluated - done0
-        lineages = d._lineages_per_island() * islands
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-        rows = d.journal.rows_written
+    r = await steady_state(config(islands), evaluators, mutators, eval_s, mutate_s, window_s)
     for actor in (*{s.actor for s in evaluators.slots}, *mutators.actors):
         ray.kill(actor)
-    return dict(
-        slots=slots,
-        lineages=lineages,
-        utilisation=sum(samples) / (len(samples) * slots),
-        candidates=done,
-        window_s=round(wall, 2),
-        journal_rows=rows,
-    )
+    return r
 
 
 def main() -> None:

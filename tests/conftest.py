@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
+from collections import Counter
 
 import pytest
 
@@ -15,10 +18,31 @@ E2E_KEY_ENV = "RAYOPT_E2E_LLM_KEY"
 E2E_KEY = "sk-e2e-SECRET-4b1d9e"
 os.environ.setdefault(E2E_KEY_ENV, E2E_KEY)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
 # One JAX compilation cache for the session, shared with every Ray worker and child
 # driver: tests evaluate the same library optimisers at the same tiny PPO configs in
-# several processes, and each PPO compile costs seconds.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rayopt-jax-cache-"))
+# several processes, and each PPO compile costs seconds. Made when pytest starts (before
+# any test module imports JAX, which reads the variable at import; Ray workers and child
+# processes inherit it) and removed when it ends; a directory given by the caller's
+# JAX_COMPILATION_CACHE_DIR is used as is and kept.
+_JAX_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    path = tempfile.mkdtemp(prefix="rayopt-jax-cache-")
+    config.stash[_JAX_CACHE] = path
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    if "jax" in sys.modules:  # imported already (a plugin): tell it directly
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", path)
+
+
+def pytest_unconfigure(config):
+    path = config.stash.get(_JAX_CACHE, None)
+    if path is not None:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +112,41 @@ def tiny_discovery(**changes):
             node = node.setdefault(p, {})
         node[last] = value
     return from_dict(DiscoveryConfig, base).validate()
+
+
+# The events that judge a candidate: exactly one per created candidate.
+VERDICTS = {"invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated"}
+
+
+def check_exactly_once(df, config) -> None:
+    """Every candidate created once with one verdict; one row per evaluation; every
+    generation started and ended once."""
+    events = df[df.row_type == "event"]
+    for run_id, run in events.groupby("run_id"):
+        created = Counter(run[run.event == "created"].candidate_id)
+        assert created and max(created.values()) == 1, f"{run_id}: a candidate created twice"
+        verdicts = Counter(run[run.event.isin(VERDICTS)].candidate_id)
+        assert set(verdicts) == set(created), f"{run_id}: candidates without a verdict"
+        assert max(verdicts.values()) == 1, f"{run_id}: a candidate judged twice"
+        for event in ("generation_start", "generation_end"):
+            gens = Counter(
+                zip(run[run.event == event].island, run[run.event == event].generation, strict=True)
+            )
+            expected = {
+                (i, g)
+                for i in range(config.islands.count)
+                for g in range(1, config.search.generations + 1)
+            }
+            assert set(gens) == expected and set(gens.values()) == {1}, f"{run_id}: {event} {gens}"
+        evaluated = set(run[run.event == "evaluated"].candidate_id)
+        full = df[(df.run_id == run_id) & (df.row_type == "evaluation") & (df.stage == "full")]
+        per = Counter(zip(full.candidate_id, full.env, full.seed, strict=True))
+        assert max(per.values()) == 1, f"{run_id}: an evaluation row written twice"
+        for cid in evaluated:
+            rows = full[full.candidate_id == cid]
+            assert len(rows) == len(config.envs) * config.seeds, cid
+        screens = df[(df.run_id == run_id) & (df.stage == "screen")]
+        assert (
+            max(Counter(zip(screens.candidate_id, screens.seed, strict=True)).values(), default=1)
+            == 1
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -26,13 +27,16 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from conftest import check_exactly_once, tiny_discovery
 
 from rayopt.config import dump, load_discovery
 from rayopt.results.journal import read
-from tests.conftest import tiny_discovery
-from tests.test_discovery import check_exactly_once
+from rayopt.search.mutators.config import LLMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+IMAGE_ROOT = "/home/ray/rayopt"  # where cluster/Dockerfile copies the repository
+# Child processes import rayopt from the checkout and the test helpers from tests/.
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
 MiB = 2**20
 # Node deaths are noticed in ~1 s instead of ~15 s (GCS health checks).
 FAST_HEALTH = {
@@ -79,7 +83,12 @@ def test_launcher_configs(name):
     for t in types.values():
         assert {"node_config", "resources", "min_workers", "max_workers"} <= set(t)
         assert 0 <= t["min_workers"] <= t["max_workers"] <= cfg["max_workers"]
+        # node_config is the cloud's insert body: GCP's Instance.scheduling is an object
+        if "scheduling" in t["node_config"]:
+            assert isinstance(t["node_config"]["scheduling"], dict), t["node_config"]
     assert any("rayopt[gpu]" in c for c in cfg["setup_commands"])
+    # the checkout is synced without .venv, runs/ and build/ (what git ignores)
+    assert "." in cfg["file_mounts"].values() and ".gitignore" in cfg["rsync_filter"]
     assert any("ray start --head" in c for c in cfg["head_start_ray_commands"])
     assert any("ray start" in c and "--address" in c for c in cfg["worker_start_ray_commands"])
     text = (ROOT / "cluster" / name).read_text()
@@ -88,10 +97,43 @@ def test_launcher_configs(name):
     assert "sk-" not in text and assigned and set(assigned) == {"$("}, assigned
 
 
-def test_kuberay_manifests(tmp_path):
-    (rc,) = _yaml_docs(ROOT / "cluster" / "kuberay-raycluster.yaml")
+def _volumes_defined_in_file(docs: list[dict], pod_specs: list[dict], what: str) -> None:
+    """Every PVC and ConfigMap a pod mounts is a document of the same file."""
+    defined = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for pod in pod_specs:
+        for vol in pod.get("volumes", []):
+            if "persistentVolumeClaim" in vol:
+                claim = vol["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in defined, f"{what}: PVC {claim}"
+            if "configMap" in vol:
+                name = vol["configMap"]["name"]
+                assert ("ConfigMap", name) in defined, f"{what}: ConfigMap {name}"
+
+
+def _pod_specs(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in spec["workerGroupSpecs"]
+    ]
+
+
+def _assert_budget_enforced(cfg, what: str) -> None:
+    """An LLM budget counts only priced calls: both roles' models need a price."""
+    if cfg.mutator.kind != "llm":
+        return
+    llm = LLMConfig.from_dict(cfg.mutator.llm, where=f"{what}: mutator.llm")
+    if llm.budget_usd is not None:
+        for role in (llm.thinker, llm.coder):
+            assert role.model in llm.price_table, f"{what}: no price for {role.model}"
+
+
+def test_kuberay_manifests():
+    rc_docs = _yaml_docs(ROOT / "cluster" / "kuberay-raycluster.yaml")
     job_docs = _yaml_docs(ROOT / "cluster" / "kuberay-rayjob.yaml")
+    rc = next(d for d in rc_docs if d["kind"] == "RayCluster")
     job = next(d for d in job_docs if d["kind"] == "RayJob")
+    _volumes_defined_in_file(rc_docs, _pod_specs(rc["spec"]), "RayCluster")
+    _volumes_defined_in_file(job_docs, _pod_specs(job["spec"]["rayClusterSpec"]), "RayJob")
+    gpus_total = {}
     for spec, what in ((rc["spec"], "RayCluster"), (job["spec"]["rayClusterSpec"], "RayJob")):
         assert rc["apiVersion"] == job["apiVersion"] == "ray.io/v1"
         head = spec["headGroupSpec"]
@@ -107,14 +149,46 @@ def test_kuberay_manifests(tmp_path):
         custom = json.loads(group["rayStartParams"]["resources"].strip('"').replace('\\"', '"'))
         assert gpus >= 1 and custom == {"evaluator": gpus}, "one evaluator slot per GPU"
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-    assert "rayopt discover" in job["spec"]["entrypoint"]
-    assert "--address auto" in job["spec"]["entrypoint"]
-    config_map = next(d for d in job_docs if d["kind"] == "ConfigMap")
-    for name, text in config_map["data"].items():  # the job's discovery config is a valid one
-        path = tmp_path / name
-        path.write_text(text)
-        cfg = load_discovery(path)
-        assert cfg.evaluator.resources == {"evaluator": 1.0} and cfg.evaluator.num_gpus == 1
+        gpus_total[what] = group["replicas"] * gpus
+    # the job's cluster is deleted soon after the run, not left holding GPUs for an hour
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert 0 <= job["spec"]["ttlSecondsAfterFinished"] <= 120
+    # The entrypoint: resume the run on the PVC if it exists, else the discovery config
+    # baked into the image (no copy of it in the manifest), sized by key=value overrides.
+    (script,) = shlex.split(job["spec"]["entrypoint"])[2:]
+    commands = [shlex.split(c) for c in re.findall(r"rayopt discover[^;]*", script)]
+    assert len(commands) == 2, script
+    resume, new = sorted(commands, key=lambda c: "--resume" not in c)
+    assert resume[resume.index("--address") + 1] == new[new.index("--address") + 1] == "auto"
+    assert resume[resume.index("--resume") + 1] == new[new.index("--run-dir") + 1]
+    assert f"-d {resume[resume.index('--resume') + 1]}/journal" in script
+    config = new[new.index("--config") + 1]
+    assert config.startswith(IMAGE_ROOT + "/"), config
+    flags = {"--config", "--address", "--run-dir"}
+    overrides = [a for i, a in enumerate(new[2:], 2) if a not in flags and new[i - 1] not in flags]
+    assert overrides and all("=" in o for o in overrides), new
+    cfg = load_discovery(ROOT / config[len(IMAGE_ROOT) + 1 :], overrides)
+    assert cfg.evaluator.resources == {"evaluator": 1.0} and cfg.evaluator.num_gpus == 1
+    assert cfg.evaluator.count == gpus_total["RayJob"], "one evaluator per GPU of the job"
+    _assert_budget_enforced(cfg, "RayJob")
+    # the image holds the repository there, without environments or runs
+    dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
+    assert re.search(rf"^COPY .*\. {IMAGE_ROOT}$", dockerfile, re.M), dockerfile
+    ignored = {
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
+    assert {".venv", ".git", "runs", "build", "**/__pycache__", "*.egg-info"} <= ignored
+    assert not ignored & {"rayopt", "configs", "cluster", "pyproject.toml"}
+
+
+def _shell_commands(text: str) -> list[str]:
+    """The script's command lines: comments dropped, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", text)
+    return [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
 
 
 def test_slurm_script():
@@ -122,14 +196,35 @@ def test_slurm_script():
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     text = path.read_text()
     assert "#SBATCH --gpus-per-node" in text
-    assert "srun" in text and "ray start --head" in text and "--block" in text
-    assert "rayopt discover" in text and "--address" in text
+    lines = _shell_commands(text)
+    # every Ray node is an srun step holding the task's CPUs (srun no longer inherits
+    # --cpus-per-task from sbatch, Slurm >= 22.05), kept alive with --block
+    starts = [ln for ln in lines if "ray start" in ln]
+    assert len(starts) == 2 and any("ray start --head" in ln for ln in starts), starts
+    for ln in starts:
+        assert re.match(r'srun .*--cpus-per-task="\$CPUS" .*ray start .*--block', ln), ln
+    worker = next(ln for ln in starts if "--head" not in ln)
+    assert '--address="$ADDRESS"' in worker, worker
+    # the driver attaches to this allocation's cluster, new or resumed
+    discover = [ln for ln in lines if ln.startswith("rayopt discover")]
+    assert len(discover) == 2, discover
+    for ln in discover:
+        assert re.search(r'^rayopt discover .*--address "\$ADDRESS"', ln), ln
+    (new,) = [ln for ln in discover if "--config" in ln]
+    # one evaluator per GPU of the allocation, counted from SLURM, not once from Ray
+    assert "evaluator.count=$((SLURM_JOB_NUM_NODES * GPUS))" in new, new
+    assert any(ln.startswith("GPUS=${SLURM_GPUS_ON_NODE") for ln in lines)
 
 
 def test_cluster_discovery_configs_load():
-    for path in sorted((ROOT / "cluster").glob("*.discovery.yaml")):
+    paths = sorted((ROOT / "cluster").glob("*.discovery.yaml"))
+    assert paths
+    for path in paths:
         cfg = load_discovery(path)
         assert cfg.evaluator.resources, path
+        # lineages sized by the driver to the evaluators (and run_ahead), not fixed
+        assert cfg.search.lineages_per_island == 0 and cfg.evaluator.run_ahead > 0, path
+        _assert_budget_enforced(cfg, str(path))
 
 
 # ------------------------------------------------------------------ the cluster
@@ -287,7 +382,7 @@ def test_cli_attaches_and_survives_losing_a_worker_node(cluster, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH},
     )
     try:
         removed_at = None
@@ -345,7 +440,7 @@ from rayopt.rl.ppo import config_for
 from rayopt.search.driver import control_options, init_ray, start_evaluators
 from rayopt.search.evaluator import EvalTask, EvaluatorPool
 from rayopt.search.island import IslandActor
-from tests.conftest import tiny_discovery
+from conftest import tiny_discovery
 
 init_ray(sys.argv[1])
 fleet = start_evaluators(tiny_discovery(**{"evaluator.resources": {"evaluator": 1}}))
@@ -372,7 +467,7 @@ def test_ray_client_driver(cluster):
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

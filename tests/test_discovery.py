@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 import ray
-from conftest import tiny_discovery
+from conftest import check_exactly_once, tiny_discovery
 
 from rayopt.config import dump
 from rayopt.optim import resolve
@@ -24,42 +23,6 @@ from rayopt.results.schema import SCHEMA
 from rayopt.rl.ppo import config_for
 from rayopt.search.driver import Discovery
 from rayopt.search.evaluator import EvalTask, EvaluatorPool
-
-VERDICTS = {"invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated"}
-
-
-def check_exactly_once(df, config) -> None:
-    """Every candidate created once with one verdict; one row per evaluation; every
-    generation started and ended once."""
-    events = df[df.row_type == "event"]
-    for run_id, run in events.groupby("run_id"):
-        created = Counter(run[run.event == "created"].candidate_id)
-        assert created and max(created.values()) == 1, f"{run_id}: a candidate created twice"
-        verdicts = Counter(run[run.event.isin(VERDICTS)].candidate_id)
-        assert set(verdicts) == set(created), f"{run_id}: candidates without a verdict"
-        assert max(verdicts.values()) == 1, f"{run_id}: a candidate judged twice"
-        for event in ("generation_start", "generation_end"):
-            gens = Counter(
-                zip(run[run.event == event].island, run[run.event == event].generation, strict=True)
-            )
-            expected = {
-                (i, g)
-                for i in range(config.islands.count)
-                for g in range(1, config.search.generations + 1)
-            }
-            assert set(gens) == expected and set(gens.values()) == {1}, f"{run_id}: {event} {gens}"
-        evaluated = set(run[run.event == "evaluated"].candidate_id)
-        full = df[(df.run_id == run_id) & (df.row_type == "evaluation") & (df.stage == "full")]
-        per = Counter(zip(full.candidate_id, full.env, full.seed, strict=True))
-        assert max(per.values()) == 1, f"{run_id}: an evaluation row written twice"
-        for cid in evaluated:
-            rows = full[full.candidate_id == cid]
-            assert len(rows) == len(config.envs) * config.seeds, cid
-        screens = df[(df.run_id == run_id) & (df.stage == "screen")]
-        assert (
-            max(Counter(zip(screens.candidate_id, screens.seed, strict=True)).values(), default=1)
-            == 1
-        )
 
 
 def test_tiny_discovery_two_meta_seeds(evaluator_pool, tmp_path):
