@@ -44,8 +44,8 @@ from pathlib import Path
 
 import ray
 
-from rayopt.search.driver import control_options
 from rayopt.search.evaluator import EvaluatorPool
+from rayopt.search.fleet import control_options
 from rayopt.search.mutators.actor import MutatorPool
 from rayopt.search.simulate import SleepEvaluator, SleepMutator
 

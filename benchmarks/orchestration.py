@@ -56,6 +56,7 @@ def config(islands: int, name: str = "orchestration", run_ahead: float = 1.0) ->
             },
             "islands": {"count": islands, "interval": 2, "migrants": 2},
             "cascade": {"enabled": False},
+            "confirm": {"enabled": False},  # the steady state of the search is measured
             "evaluator": {"run_ahead": run_ahead},
         },
     ).validate()

@@ -17,6 +17,16 @@ def _float_int(text: str) -> int:
     return int(value)
 
 
+def _seeds(text: str) -> tuple[int, int | None]:
+    """``--seeds``: (count, first seed or None for the default)."""
+    from rayopt.analysis.sweep import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -60,7 +70,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="comma-separated env ids or aliases (minatar = the four MinAtar games; "
         "default CartPole-v1)",
     )
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..S-1; default 4)")
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=None,
+        help="seeds: a count S (seeds 0..S-1; default 4) or a range LOW-HIGH, e.g. 100-115 "
+        "(held-out seeds for candidates of a finished discovery)",
+    )
     p.add_argument("--total-timesteps", type=_float_int, default=None)
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--activation", choices=["relu", "tanh"], default=None)
@@ -120,7 +136,8 @@ def _sweep(args: argparse.Namespace) -> int:
         ("name", args.name),
         ("optimizers", args.optimizers),
         ("envs", _csv(args.envs) if args.envs else None),
-        ("seeds", args.seeds),
+        ("seeds", args.seeds[0] if args.seeds else None),
+        ("seed_offset", args.seeds[1] if args.seeds else None),  # None: not given
         ("axis", args.axis),
         ("values", args.values),
         ("open_weights", args.open_weights),
@@ -162,7 +179,8 @@ def _evaluate_local(args: argparse.Namespace) -> int:
     from rayopt.rl.ppo import config_for
 
     optimizers = args.optimizers or ["adam"]
-    seeds = args.seeds or 4
+    count, offset = args.seeds or (4, None)
+    seeds = list(range(offset or 0, (offset or 0) + count))
     overrides = _ppo_flags(args)
     try:  # a bad OPEN checkpoint fails now, not after the other runs
         specs = [check_open_weights(resolve(o, open_weights=args.open_weights)) for o in optimizers]
@@ -176,7 +194,7 @@ def _evaluate_local(args: argparse.Namespace) -> int:
             r = evaluate(
                 spec,
                 config_for(env, **overrides),
-                range(seeds),
+                seeds,
                 fast_compile=bool(args.fast_compile),
             )
             fr, auc = np.asarray(r.final_return, float), np.asarray(r.auc, float)
@@ -184,7 +202,7 @@ def _evaluate_local(args: argparse.Namespace) -> int:
                 dict(
                     optimizer=spec.name,
                     env=env,
-                    seeds=seeds,
+                    seeds=f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
                     final_mean=float(np.nanmean(fr)),
                     final_iqm=float(rly.aggregate_iqm(fr[:, None])),
                     auc_mean=float(np.nanmean(auc)),
@@ -259,6 +277,7 @@ def _add_discover(sub: argparse._SubParsersAction) -> None:
         help="OPEN checkpoint (multi_OPEN.npy): needed when search.references has open. "
         "Allowed with --resume (the checkpoint may have moved)",
     )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -272,7 +291,8 @@ def _discover(args: argparse.Namespace) -> int:
     import asyncio
 
     from rayopt.config import ConfigError, load_discovery
-    from rayopt.search.driver import Discovery, init_ray
+    from rayopt.search.driver import Discovery
+    from rayopt.search.fleet import init_ray
 
     # JSON is YAML: a path stays a string whatever it looks like ("null", "~", "1e3")
     weights = [f"open_weights={json.dumps(args.open_weights)}"] if args.open_weights else []
@@ -295,10 +315,69 @@ def _discover(args: argparse.Namespace) -> int:
     except (ConfigError, FileExistsError, FileNotFoundError) as err:
         print(f"rayopt discover: {err}", file=sys.stderr)
         return 2
+    from rayopt.search.summary import text
+
     init_ray(args.address or discovery.config.address)
     print(f"run directory: {discovery.run_dir}", flush=True)
     summary = asyncio.run(discovery.run())
-    print(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print("\n" + text(discovery.config, summary, discovery.heldout_text), end="")
+    return 0
+
+
+# ---------------------------------------------------------------- confirm
+def _add_confirm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "confirm",
+        help="re-evaluate a finished discovery's best candidates, its initial optimisers and "
+        "the references on held-out seeds",
+        description="Held-out confirmation of a discovery run (what `rayopt discover` does at "
+        "the end when confirm.enabled): the confirm.top_k best discovered candidates of each "
+        "meta-seed, every initial optimiser and the references, trained at the run's full "
+        "budget on every env, on confirm.seeds fresh seeds from confirm.seed_offset. Rows go "
+        "to the run's journal (stage confirm; re-running skips what is done); prints held-out "
+        "IQM with 95%% CIs and P(best discovered > best initial / Adam).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--top", type=int, help="discovered candidates per meta-seed (confirm.top_k)")
+    p.add_argument("--seeds", type=_seeds, help="held-out seeds: a count, or LOW-HIGH (1000-1015)")
+    p.add_argument("--address", help="Ray cluster address (default: the run's, else local)")
+    p.add_argument("--json", action="store_true", help="print the held-out summary as JSON")
+    p.add_argument("overrides", nargs="*", metavar="confirm.key=value")
+    p.set_defaults(func=_confirm)
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from rayopt.analysis import heldout
+    from rayopt.config import ConfigError
+    from rayopt.search.confirm import confirm_finished
+
+    overrides = list(args.overrides)
+    if args.top is not None:
+        overrides.append(f"confirm.top_k={args.top}")
+    if args.seeds is not None:
+        n, offset = args.seeds
+        overrides.append(f"confirm.seeds={n}")
+        if offset is not None:
+            overrides.append(f"confirm.seed_offset={offset}")
+    stream = sys.stderr if args.json else sys.stdout
+    try:
+        confirm_finished(
+            args.run_dir, overrides, args.address, log=lambda m: print(m, file=stream, flush=True)
+        )
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"rayopt confirm: {err}", file=sys.stderr)
+        return 2
+    held = heldout.load(args.run_dir)
+    if held is None:
+        print("rayopt confirm: nothing was confirmed", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(held.summary(), indent=2, default=str))
+    else:
+        print(heldout.text(held), end="")
     return 0
 
 
@@ -463,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_discover(sub)
     _add_evaluate(sub)
+    _add_confirm(sub)
     _add_analyze(sub)
     _add_check(sub)
     _add_compact(sub)

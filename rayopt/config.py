@@ -48,6 +48,12 @@ class SearchSection:
     refinements: int = 2  # refinement steps per generation (paper: 8)
     top_k: int = 5  # "number of top optimisers"
     exploit_p: float = 0.8  # probability of picking the base among the top_k
+    # Context optimisers (§5.3.3, "randomly sampled ... which perform well in individual
+    # environments"): per env a uniform pick among its context_top best; 1 = the best.
+    context_top: int = 3
+    # Code that raised when PPO ran it goes back to the LLM coder this many times with
+    # the error, as a check failure does (beyond the paper; 0 = never).
+    repair_attempts: int = 1
     initial: list[str] = dataclasses.field(
         default_factory=lambda: [
             "sign_update",
@@ -100,11 +106,29 @@ class CascadeSection:
 
 
 @dataclasses.dataclass
+class ConfirmSection:
+    """Held-out confirmation when the search ends (beyond the paper): the ``top_k``
+    discovered candidates of each meta-seed, every initial optimiser (``initial``) and
+    the references (``references``) trained again at the full budget on every env, on
+    ``seeds`` fresh seeds from ``seed_offset`` (never a seed the search used)."""
+
+    enabled: bool = True
+    top_k: int = 2
+    seeds: int = 4
+    seed_offset: int = 1000
+    initial: bool = True
+    references: bool = True
+
+
+@dataclasses.dataclass
 class MutatorSection:
-    """Who proposes new code: ``offline`` (typed AST mutations, no network) or ``llm``
-    (thinker + coder; settings in ``llm``, see docs/llm.md)."""
+    """Who proposes new code: ``offline`` (no network: motif edits and crossover, or
+    random typed edits) or ``llm`` (thinker + coder; settings in ``llm``, docs/llm.md)."""
 
     kind: Literal["offline", "llm"] = "offline"
+    # offline only: motifs (the paper's optimisers' building blocks, crossover,
+    # simplification) or edits (random typed AST edits, Lion-style: the ablation)
+    offline_style: Literal["motifs", "edits"] = "motifs"
     actors: int = 1
     proposals_per_actor: int = 16  # in flight at once on one actor (LLM calls are I/O)
     llm: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -147,6 +171,7 @@ class DiscoveryConfig:
     search: SearchSection = dataclasses.field(default_factory=SearchSection)
     islands: IslandsSection = dataclasses.field(default_factory=IslandsSection)
     cascade: CascadeSection = dataclasses.field(default_factory=CascadeSection)
+    confirm: ConfirmSection = dataclasses.field(default_factory=ConfirmSection)
     mutator: MutatorSection = dataclasses.field(default_factory=MutatorSection)
     evaluator: EvaluatorSection = dataclasses.field(default_factory=EvaluatorSection)
 
@@ -202,8 +227,18 @@ class DiscoveryConfig:
             (self.search.refinements >= 1, "search.refinements must be >= 1"),
             (0.0 <= self.search.exploit_p <= 1.0, "search.exploit_p must be in [0, 1]"),
             (self.search.top_k >= 1, "search.top_k must be >= 1"),
+            (self.search.context_top >= 1, "search.context_top must be >= 1"),
+            (self.search.repair_attempts >= 0, "search.repair_attempts must be >= 0"),
             (self.search.lineages_per_island >= 0, "search.lineages_per_island must be >= 0"),
             (self.search.max_eval_attempts >= 1, "search.max_eval_attempts must be >= 1"),
+            (self.confirm.top_k >= 1, "confirm.top_k must be >= 1"),
+            (self.confirm.seeds >= 1, "confirm.seeds must be >= 1"),
+            (
+                not self.confirm.enabled
+                or self.confirm.seed_offset >= max(self.seeds, self.cascade.seeds),
+                f"confirm.seed_offset must be >= {max(self.seeds, self.cascade.seeds)}: "
+                "held-out seeds must be ones the search never used",
+            ),
             (self.islands.count >= 1, "islands.count must be >= 1"),
             (self.islands.interval >= 1, "islands.interval must be >= 1"),
             (self.islands.migrants >= 0, "islands.migrants must be >= 0"),

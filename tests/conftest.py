@@ -103,6 +103,7 @@ def tiny_discovery(**changes):
         "search": {"generations": 1, "refinements": 1, "references": ["adam"]},
         "islands": {"count": 2, "interval": 1, "migrants": 1},
         "cascade": {"total_timesteps": 128},
+        "confirm": {"enabled": False},  # on in test_confirm.py
         "evaluator": {"num_cpus": 1, "fast_compile": True},
     }
     for key, value in changes.items():

@@ -282,7 +282,7 @@ def _workers(c) -> set[str]:
 
 
 def test_placement_evaluators_on_workers_islands_on_driver_node(cluster):
-    from rayopt.search.driver import control_options, start_evaluators
+    from rayopt.search.fleet import control_options, start_evaluators
     from rayopt.search.island import IslandActor
     from rayopt.search.mutators.actor import MutatorActor
 
@@ -321,7 +321,7 @@ def _wait_resources(key: str, amount: float, timeout: float = 30) -> None:
 
 
 def test_placement_group_strategies(cluster):
-    from rayopt.search.driver import start_evaluators
+    from rayopt.search.fleet import start_evaluators
 
     strict = {"evaluator.placement_group": "STRICT_SPREAD"}
     fleet = start_evaluators(tiny_discovery(**LABELLED, **strict))
@@ -437,7 +437,7 @@ import asyncio, json, sys
 import ray
 from rayopt.optim import resolve
 from rayopt.rl.ppo import config_for
-from rayopt.search.driver import control_options, init_ray, start_evaluators
+from rayopt.search.fleet import control_options, init_ray, start_evaluators
 from rayopt.search.evaluator import EvalTask, EvaluatorPool
 from rayopt.search.island import IslandActor
 from conftest import tiny_discovery

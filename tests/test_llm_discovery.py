@@ -75,7 +75,7 @@ def test_llm_discovery_journals_ideas_retries_and_failures(evaluator_pool, tmp_p
         )
         config = tiny_discovery(
             **{
-                "search.refinements": 1,
+                "search.refinements": 2,
                 "mutator.kind": "llm",
                 "mutator.llm": dict(
                     thinker=role,
@@ -98,7 +98,7 @@ def test_llm_discovery_journals_ideas_retries_and_failures(evaluator_pool, tmp_p
     assert calls.error.str.contains("429|rate", case=False, na=False).any()  # the retry
     ok = calls[calls.status == "ok"]
     assert (ok.tokens_in > 0).all() and (ok.cost_usd > 0).all()
-    assert abs(d.cost_usd - calls.cost_usd.sum()) < 1e-9
+    assert abs(d.spend.cost_usd - calls.cost_usd.sum()) < 1e-9
 
     created = df[(df.event == "created") & df.candidate_id.str.match(r"i\d+-g\d+-s\d+")]
     assert (created.idea == GOOD).any() and created.thought.str.startswith("thought").all()
@@ -110,6 +110,22 @@ def test_llm_discovery_journals_ideas_retries_and_failures(evaluator_pool, tmp_p
     # the retry after invalid code carried the validator's structured error
     retries = [r for r in requests if _role(r.json) == "coder" and len(r.json["messages"]) > 2]
     assert any("syntax" in r.json["messages"][-1]["content"].lower() for r in retries)
+    # Step 2 of every lineage: the thinker sees step 1, and the generation's base with
+    # its code and scores (as the current optimizer when step 1 failed, else as the base);
+    # a failed step is in the history with its error.
+    step2 = [
+        r.turns()[0]["content"]
+        for r in requests
+        if _role(r.json) == "thinker" and "### Refinement 1" in r.turns()[0]["content"]
+    ]
+    assert step2
+    for text in step2:
+        assert "### Base optimizer of this generation" in text or "(failed: no scores)" in text
+        assert "| Fitness (final return) | AUC |" in text
+    assert any(
+        "(failed: no scores)" in t and "It failed: mutation_failed: coder gave no valid code" in t
+        for t in step2
+    )
     # temperatures from Table 2 reached the wire; the key only in the auth header
     assert {r.json.get("temperature") for r in requests} == {0.7, 0.3}
     assert all(r.headers["authorization"] == f"Bearer {E2E_KEY}" for r in requests)

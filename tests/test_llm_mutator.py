@@ -76,8 +76,14 @@ def scored(
 def request(history: tuple[Scored, ...] = (), curves: dict | None = None) -> MutationRequest:
     current = scored("cur", CURRENT, (11.25, 7.5), (6.125, 3.25), curves=curves)
     context = (
-        scored("ctx1", library.DISCOVERED_1, (31.5, 4.0), (20.0, 2.0), curves=curves),
-        scored("ctx2", library.DISCOVERED_3, (12.0, 29.75), (8.0, 17.5), curves=curves),
+        dataclasses.replace(
+            scored("ctx1", library.DISCOVERED_1, (31.5, 4.0), (20.0, 2.0), curves=curves),
+            note="best of 9 in Asterix-MinAtar by final return",
+        ),
+        dataclasses.replace(
+            scored("ctx2", library.DISCOVERED_3, (12.0, 29.75), (8.0, 17.5), curves=curves),
+            note="2nd best of 9 in Breakout-MinAtar by final return",
+        ),
     )
     return MutationRequest(current, context, history, seed=0, generation=1, step=len(history))
 
@@ -179,7 +185,9 @@ def test_happy_path_openai():
     assert library.DISCOVERED_1.strip() in text and library.DISCOVERED_3.strip() in text
     for number in ("11.250", "7.500", "6.125", "3.250", "31.500", "29.750", "17.500"):
         assert number in text
-    assert "best in Asterix-MinAtar" in text and "best in Breakout-MinAtar" in text
+    # each context optimiser says truthfully why it is shown (sampled among the top few)
+    assert "(best of 9 in Asterix-MinAtar by final return)" in text
+    assert "(2nd best of 9 in Breakout-MinAtar by final return)" in text
     assert "Mean return over training" not in text  # curves are off by default
 
     # The coder sees only the current code and the idea.
@@ -764,6 +772,52 @@ def test_thinker_prompt_has_history_and_optional_curves():
     again = prompts.thinker(dataclasses.replace(req, current=current, history=(step1,)))
     assert again.count(NEW_CODE.strip()) == 1
     assert "(This is the current optimizer shown above.)" in again
+
+
+def test_thinker_sees_the_base_and_failed_steps_at_every_step():
+    """Step >= 2: the generation's base with its code, returns and AUC is in the prompt,
+    and a step that failed is in the history with its error (real SDK, fake server)."""
+    base = scored("init-sign_update", CURRENT, (3.5, 2.25), (1.5, 0.75))
+    step1 = scored("i0-g1-s1", NEW_CODE, (15.0, 8.0), (9.0, 4.0), idea="first idea")
+    failed = dataclasses.replace(
+        scored("i0-g1-s2", BAD_SIGNATURE, (0, 0), (0, 0), idea="second idea"),
+        final_return={},
+        auc={},
+        error="evaluation_failed: TypeError: unsupported operand",
+    )
+    req = dataclasses.replace(request(history=(step1, failed)), current=step1, base=base, step=3)
+    reply = coder_json(library.DISCOVERED_1)  # new code: the current one is NEW_CODE
+    with FakeLLMServer([openai_completion(thinker_json()), openai_completion(reply)]) as s:
+        result = run(propose(config(s), req, validate=strict_validator))
+    assert result.ok
+    sent = s.requests[0].turns()[0]["content"]
+    block = sent.split("### Base optimizer of this generation", 1)[1].split("###", 1)[0]
+    assert CURRENT.strip() in block and "3.500" in block and "0.750" in block
+    assert "### Refinement 2 (failed: no scores)" in sent and "second idea" in sent
+    assert "It failed: evaluation_failed: TypeError: unsupported operand" in sent
+
+
+def test_code_that_raised_under_ppo_goes_back_to_the_coder():
+    """A repair request skips the thinker: the coder's conversation resumes from the code
+    that raised, with the error fed back as a check failure is."""
+    raised = dataclasses.replace(
+        scored("i0-g1-s1", BAD_SIGNATURE, (0, 0), (0, 0), idea=IDEA),
+        error="TypeError: update_fn() missing 1 required positional argument",
+    )
+    req = dataclasses.replace(request(), repair=raised)
+    with FakeLLMServer([openai_completion(coder_json())]) as s:
+        result = run(propose(config(s), req, validate=strict_validator))
+    assert result.ok and result.idea == IDEA and result.code == NEW_CODE
+    (coder,) = s.requests
+    assert _is_coder(coder)
+    turns = coder.turns()
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"]
+    assert BAD_SIGNATURE.strip() in turns[1]["content"]
+    assert "missing 1 required positional argument" in turns[2]["content"]
+
+
+def _is_coder(seen) -> bool:
+    return seen.system().startswith("You are an expert AI programmer")
 
 
 def test_downsample():

@@ -23,9 +23,10 @@ from conftest import tiny_discovery
 from rayopt.optim import SYMBOLIC, OptimiserSpec, resolve
 from rayopt.results.journal import journal_dir, read
 from rayopt.rl.ppo import config_for
-from rayopt.search.driver import Discovery, _candidate_from_row
+from rayopt.search.driver import Discovery
 from rayopt.search.evaluator import EvalTask, EvaluatorPool
 from rayopt.search.mutators.actor import MutatorPool
+from rayopt.search.replay import candidate_from_row
 from rayopt.search.simulate import SleepMutator
 
 VERDICTS = {"invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated"}
@@ -167,9 +168,9 @@ def test_restored_reference_keeps_its_optimiser_name():
     )
     row |= dict(candidate_id="ref-adam", code="", optimizer="adam", mutator="reference")
     row |= dict(generation=0, step=0, literal_count=0, new_literals=0)
-    assert _candidate_from_row(row).lineage_row()["optimizer"] == "adam"
-    assert _candidate_from_row({**row, "mutator": "library", "optimizer": "sign_update"}).name
-    assert _candidate_from_row({**row, "mutator": "llm", "candidate_id": "i0"}).name is None
+    assert candidate_from_row(row).lineage_row()["optimizer"] == "adam"
+    assert candidate_from_row({**row, "mutator": "library", "optimizer": "sign_update"}).name
+    assert candidate_from_row({**row, "mutator": "llm", "candidate_id": "i0"}).name is None
 
 
 # ------------------------------------------------------------------ evaluator plumbing

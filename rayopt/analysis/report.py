@@ -489,6 +489,7 @@ def _html(
                     f"{_lineage_html(pop, cid, ranks)}</details></div>"
                 )
 
+    parts.append(_heldout_html(scanned, opts))
     created = _sweep_created(scanned) if not iqm.empty else {}
     # discovery runs a sweep's optimisers came from, by resolved path: each read once
     runs: dict[Path, list[Population]] = {sc.path.resolve(): [] for sc in scanned}
@@ -516,6 +517,37 @@ def _html(
         parts.append(_sweep_optimizers(created.get(str(sweep), []), man, runs))
     parts.append("</body></html>")
     return "\n".join(x for x in parts if x)
+
+
+def _heldout_html(scanned: Sequence[Scan], opts: AnalysisOptions) -> str:
+    """Each discovery run's held-out confirmation (rayopt.analysis.heldout)."""
+    from rayopt.analysis import heldout
+
+    parts = []
+    for sc in scanned:
+        h = heldout.load(sc, reps=opts.reps, seed=opts.seed)
+        if h is None:
+            continue
+        n = len(h.seeds)
+        warn = (
+            f"<p><b>{n} seeds per env: the intervals are degenerate (need at least 3).</b></p>"
+            if n < 3
+            else ""
+        )
+        parts.append(
+            f"<h2 id='heldout-{html.escape(h.name)}'>Held-out confirmation: "
+            f"{html.escape(str(sc.path))}</h2>"
+            f"<p>Trained again at the full budget on seeds {h.seeds[0]}-{h.seeds[-1]} ({n} per "
+            "env), which the search never used. Per env: held-out IQM [95% stratified "
+            "bootstrap CI] and, beside it, the in-search score (mean over the search's "
+            "seeds) that selected it: the gap is the winner's curse. <i>Best</i> discovered: "
+            "each meta-seed's confirmed candidate with the best in-search rank; best initial: "
+            "the initial optimiser with the best held-out rank. P(X &gt; Y): rliable's "
+            "probability of improvement pooled over the envs.</p>"
+            + warn
+            + _table(heldout.display(h))
+        )
+    return "".join(parts)
 
 
 def _sweep_created(scanned: Sequence[Scan]) -> dict[str, list[dict[str, Any]]]:

@@ -2,10 +2,10 @@
 
 A journal is many small part files (one per write: a real 1M-row discovery has tens of
 thousands), and with pyarrow every scan pays each file's footer (~0.5 ms). So analysis
-scans each directory once: the rows it can use (evaluations of stage ``full`` or
-``sweep`` that finished, and candidate events), the columns it uses (never ``code`` or
-``return_curve``), and, for every ``created`` event, the file it is in, so that code is
-later read from those few files only.
+scans each directory once: the rows it can use (evaluations of stage ``full``,
+``sweep`` or ``confirm`` that finished, and candidate events), the columns it uses
+(never ``code`` or ``return_curve``), and, for every ``created`` event, the file it is
+in, so that code is later read from those few files only.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ EVENTS = [
 ]
 FILTER = (
     (pc.field("row_type") == "evaluation")
-    & pc.field("stage").isin(["full", "sweep"])
+    & pc.field("stage").isin(["full", "sweep", "confirm"])
     & pc.field("status").isin(["ok", "nonfinite"])
 ) | ((pc.field("row_type") == "event") & pc.field("event").isin(EVENTS))
 

@@ -43,13 +43,15 @@ def load_scores(
     paths: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Scan],
     metric: str = "final_return",
     sweeps: Iterable[str] | None = None,
+    stage: str = "sweep",
 ) -> pd.DataFrame:
-    """One row per (sweep, axis value, optimiser, env, seed) of sweep evaluations, the
-    score in ``value``. Only the columns it needs, of the rows it needs (one scan per
-    directory, :mod:`rayopt.analysis.scan`)."""
+    """One row per (sweep, axis value, optimiser, env, seed) of sweep evaluations (or of
+    ``stage`` confirm: a discovery's held-out confirmation), the score in ``value``. Only
+    the columns it needs, of the rows it needs (one scan per directory,
+    :mod:`rayopt.analysis.scan`)."""
     if metric not in ("final_return", "auc"):
         raise ValueError(f"metric must be final_return or auc, not {metric!r}")
-    parts = [sc.evaluations("sweep").select([*KEY, "seed", metric]) for sc in scans(paths)]
+    parts = [sc.evaluations(stage).select([*KEY, "seed", metric]) for sc in scans(paths)]
     t = pa.concat_tables(parts)
     if sweeps is not None:
         t = t.filter(pc.is_in(t["sweep"], pa.array(list(sweeps), pa.string())))

@@ -73,6 +73,7 @@ class SweepConfig:
     optimizers: list[str] = dataclasses.field(default_factory=lambda: ["adam"])
     envs: list[str] = dataclasses.field(default_factory=lambda: ["CartPole-v1"])
     seeds: int = 4
+    seed_offset: int = 0  # seeds are seed_offset .. seed_offset + seeds - 1 (held-out seeds)
     axis: Literal["none", "total_timesteps", "hidden_size", "activation", "env"] = "none"
     values: list[Any] = dataclasses.field(default_factory=list)
     in_distribution: Any = None
@@ -84,6 +85,12 @@ class SweepConfig:
     seeds_per_task: int = 0  # 0: all seeds of a point in one evaluation
     max_eval_attempts: int = 3
     evaluator: EvaluatorSection = dataclasses.field(default_factory=EvaluatorSection)
+    # the journal stage of its rows: sweep, or confirm (a discovery's held-out check)
+    stage: Literal["sweep", "confirm"] = "sweep"
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed_offset, self.seed_offset + self.seeds))
 
     def validate(self) -> SweepConfig:
         """Names exist, values fit the axis, every PPO config builds."""
@@ -93,6 +100,8 @@ class SweepConfig:
             raise ConfigError("optimizers must not be empty")
         if self.seeds < 1:
             raise ConfigError("seeds must be >= 1")
+        if self.seed_offset < 0:
+            raise ConfigError("seed_offset must be >= 0")
         if self.seeds_per_task < 0 or self.max_eval_attempts < 1:
             raise ConfigError("seeds_per_task must be >= 0 and max_eval_attempts >= 1")
         try:
@@ -158,6 +167,29 @@ def in_distribution(axis: str | None, env: str, configured: Any = None) -> Any:
         return getattr(config_for(env), axis)
     except (KeyError, ValueError):  # not a registered env (synthetic data)
         return IN_DISTRIBUTION[axis]
+
+
+def seed_range(seeds: Sequence[int]) -> str:
+    """``0-7`` for a contiguous range, else the list."""
+    seeds = list(seeds)
+    if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ",".join(map(str, seeds))
+
+
+def parse_seeds(text: str) -> tuple[int, int | None]:
+    """``--seeds`` text as (count, first seed or None): ``8`` is 8 seeds (0-7 unless an
+    offset is set elsewhere), ``100-115`` seeds 100 to 115 (held-out seeds)."""
+    text = str(text).strip()
+    if "-" in text.lstrip("-"):
+        lo, hi = (int(x) for x in text.split("-", 1))
+        if lo < 0 or hi < lo:
+            raise ValueError(f"seed range {text!r}: expected LOW-HIGH with 0 <= LOW <= HIGH")
+        return hi - lo + 1, lo
+    n = int(text)
+    if n < 1:
+        raise ValueError(f"--seeds {text!r}: need at least one seed")
+    return n, None
 
 
 def normalise_values(axis: str, values: Sequence[Any]) -> list[Any]:
@@ -323,7 +355,7 @@ class Plan(NamedTuple):
 
 
 def _existing(
-    out_dir: Path, sweep: str
+    out_dir: Path, sweep: str, stage: str = "sweep"
 ) -> tuple[dict[tuple[str, str, str | None, int], str], frozenset[str]]:
     """One read of ``out_dir``: (optimizer, env, axis value, seed) -> ppo_config of rows
     of ``sweep`` already journalled ok, and the optimisers with its ``created`` event."""
@@ -339,7 +371,7 @@ def _existing(
         & (
             (
                 (pc.field("row_type") == "evaluation")
-                & (pc.field("stage") == "sweep")
+                & (pc.field("stage") == stage)
                 & pc.field("status").isin(["ok", "nonfinite"])
             )
             | ((pc.field("row_type") == "event") & (pc.field("event") == "created"))
@@ -363,7 +395,7 @@ def plan(
     Raises ConfigError if a done combination was run with a different PPO config: the
     output directory belongs to another sweep of that name.
     """
-    done, created = _existing(Path(out_dir), cfg.name)
+    done, created = _existing(Path(out_dir), cfg.name, cfg.stage)
     todo: list[Work] = []
     skipped = 0
     per_task = cfg.seeds_per_task or cfg.seeds
@@ -373,7 +405,7 @@ def plan(
         ppo_json = json.dumps(dataclasses.asdict(ppo))
         for opt in optimizers:
             missing = []
-            for seed in range(cfg.seeds):
+            for seed in cfg.seed_list:
                 prior = done.get((opt.name, env, value, seed))
                 if prior is None:
                     missing.append(seed)
@@ -490,7 +522,7 @@ async def run_sweep(
             optimizer=w.optimizer.name,
             candidate_id=w.optimizer.source.get("candidate_id"),
         )
-        journal.write(outcome_rows(out, where, stage="sweep"))
+        journal.write(outcome_rows(out, where, stage=cfg.stage))
         done += 1
         point = f"{w.optimizer.name} {w.env}"
         if axis and axis != "env":
@@ -523,8 +555,8 @@ def sweep(
     """Plan, then (if anything is left) start Ray evaluators and run the sweep."""
 
     from rayopt.results.journal import compact
-    from rayopt.search.driver import init_ray, start_evaluators
     from rayopt.search.evaluator import EvaluatorPool
+    from rayopt.search.fleet import init_ray, start_evaluators
 
     out = Path(out_dir)
     optimizers = resolve_optimizers(cfg.optimizers, cfg.open_weights)
@@ -534,8 +566,8 @@ def sweep(
     seeds_left = sum(len(w.seeds) for w in todo)
     log(
         f"sweep {cfg.name}: {len(optimizers)} optimisers x {len(cfg.points())} points x "
-        f"{cfg.seeds} seeds; {skipped} already journalled in {out}, {seeds_left} to run "
-        f"in {len(todo)} evaluations"
+        f"{cfg.seeds} seeds ({seed_range(cfg.seed_list)}); {skipped} already journalled in "
+        f"{out}, {seeds_left} to run in {len(todo)} evaluations"
     )
     summary = dict(out=str(out), sweep=cfg.name, skipped=skipped, evaluated=0, failed=0, rows=0)
     if not todo:

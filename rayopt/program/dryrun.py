@@ -10,7 +10,7 @@ The probe covers the states PPO really produces, including the awkward ones: a
 a (4,) bias that starts at zero (flax's initialiser), a (64, 64) kernel; t_p and b_p
 at 0 and 1; a dead neuron (``d == 0``); an exactly-zero gradient entry; gradients
 spanning 1e-8 to 1 in magnitude (so epsilons matter). All inputs are fixed, so the
-outputs double as the behavioural fingerprint.
+trajectory of ``w`` (the updates over the steps) doubles as the behavioural fingerprint.
 
 Before anything executes, every intermediate array of the traced program (including
 inside ``cond``/``fori_loop`` bodies) is sized from its abstract shape, and XLA's own
@@ -427,9 +427,10 @@ def run(
                     f"{step + 1} on the {case.name} (var1/var2 start at zero, t_p and b_p "
                     f"reach 0 and 1, d has a dead neuron, g an exact zero).{hint}",
                 ), None
-    return None, digest_outputs(
-        stacked[step] for step in range(STEPS) for case_outs in outs for stacked in case_outs
-    )
+    # The fingerprint is the parameter trajectory: the updates applied to w, step by step
+    # (w's start is fixed). State the update never reads cannot change it, so a program
+    # that only adds dead state is the optimiser it came from.
+    return None, digest_outputs(case_outs[0][step] for step in range(STEPS) for case_outs in outs)
 
 
 def warm_up() -> None:

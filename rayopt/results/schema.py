@@ -64,6 +64,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     ),
     "dest_island": (pa.int32(), "migrated: the receiving island"),
     "context_ids": (pa.list_(pa.string()), "generation_start: the context optimisers shown"),
+    "context_notes": (pa.list_(pa.string()), "generation_start: why each context one was shown"),
     # model calls
     "role": (pa.string(), "thinker | coder | offline"),
     "provider": (pa.string(), "openai | anthropic | openai_compatible | offline"),

@@ -39,6 +39,7 @@ class Candidate:
     literal_count: int = 0
     new_literals: int = 0
     duplicate_of: str | None = None  # same code (hash or fingerprint) as this candidate
+    error: str | None = None  # a failed refinement step: why it produced no scores
     final_return: dict[str, float] = dataclasses.field(default_factory=dict)
     auc: dict[str, float] = dataclasses.field(default_factory=dict)
     curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
@@ -51,6 +52,8 @@ class Candidate:
             auc=dict(self.auc),
             idea=self.idea,
             curves={k: list(v) for k, v in self.curves.items()} or None,
+            error=self.error,
+            duplicate_of=self.duplicate_of,
         )
 
     def lineage_row(self) -> dict[str, Any]:
@@ -134,23 +137,43 @@ class Archive:
         pool = ranked[:top_k] if rng.random() < exploit_p else ranked
         return pool[int(rng.integers(len(pool)))][0]
 
-    def context(self, exclude: str | None = None) -> list[Candidate]:
-        """The best member per environment (distinct, in env order), the thinker's
-        context optimisers; ``exclude`` (the base) is skipped."""
-        out: list[Candidate] = []
+    def context(
+        self,
+        exclude: str | None = None,
+        rng: np.random.Generator | None = None,
+        top: int = 1,
+    ) -> list[tuple[Candidate, str]]:
+        """The thinker's context optimisers (§5.3.3: "randomly sampled context optimisers,
+        which perform well in individual environments"), one per environment in env
+        order, distinct, ``exclude`` (the base) skipped: with ``rng``, a uniform pick among
+        the ``top`` best by final return in that env; without, the best. Each comes with
+        a truthful note of why it was shown (its place in that env)."""
+        out: list[tuple[Candidate, str]] = []
+        chosen: set[str] = set()
         for env in self.envs:
-            best = max(
+            ranked = sorted(
                 (
                     c
                     for c in self.members.values()
                     if c.id != exclude and math.isfinite(c.final_return.get(env, math.nan))
                 ),
-                key=lambda c: c.final_return[env],
-                default=None,
+                key=lambda c: -c.final_return[env],
             )
-            if best is not None and best not in out:
-                out.append(best)
+            pool = [c for c in ranked[: max(top, 1)] if c.id not in chosen]
+            if not pool:
+                continue
+            pick = pool[int(rng.integers(len(pool)))] if rng is not None else pool[0]
+            place = ranked.index(pick) + 1
+            rank = "best" if place == 1 else f"{_ordinal(place)} best"
+            note = f"{rank} of {len(ranked)} in {env} by final return"
+            out.append((pick, note))
+            chosen.add(pick.id)
         return out
 
     def best(self, m: int) -> list[Candidate]:
         return [c for c, _ in self.ranked()[:m]]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -139,7 +139,8 @@ class EvaluatorActor:
 class _Slot:
     actor: Any
     index: int
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # finished work
+    since: float | None = None  # when the task it is running started
 
 
 class EvaluatorPool:
@@ -175,13 +176,20 @@ class EvaluatorPool:
         return self._free
 
     def utilisation(self) -> float:
-        wall = time.monotonic() - self.started
-        return sum(s.busy_s for s in self.slots) / max(wall * len(self.slots), 1e-9)
+        """Busy time over slots x wall time, work in flight included (a long evaluation
+        counts while it runs, not only once it ends)."""
+        now = time.monotonic()
+        wall = now - self.started
+        busy = sum(
+            s.busy_s + (now - max(s.since, self.started) if s.since else 0.0) for s in self.slots
+        )
+        return busy / max(wall * len(self.slots), 1e-9)
 
     def reset_clock(self) -> None:
         self.started = time.monotonic()
         for s in self.slots:
             s.busy_s = 0.0
+            s.since = None if s.since is None else self.started
 
     async def run(self, task: EvalTask) -> EvalOutcome:
         """Evaluate ``task`` on the next free slot; never raises for evaluation errors."""
@@ -192,13 +200,14 @@ class EvaluatorPool:
             for attempt in range(1, self.max_attempts + 1):
                 slot = await free.get()
                 try:  # the slot goes back whatever happens: other Ray errors, cancellation
-                    t0 = time.monotonic()
+                    t0 = slot.since = time.monotonic()
                     self.busy += 1
                     try:
                         out = await slot.actor.evaluate.remote(task)
                     finally:  # busy while the actor runs the task, not while it restarts
                         self.busy -= 1
-                        slot.busy_s += time.monotonic() - t0
+                        slot.busy_s += time.monotonic() - max(t0, self.started)
+                        slot.since = None
                 except RayTaskError as err:  # the evaluation raised: bad code, not bad luck
                     return EvalOutcome(
                         task, ok=False, attempts=attempt, error=_short(err), error_kind="evaluation"

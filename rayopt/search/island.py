@@ -52,13 +52,15 @@ class IslandActor:
         return self.archive.add(candidates)
 
     def select(
-        self, generation: int, top_k: int, exploit_p: float
-    ) -> tuple[Candidate, list[Candidate]]:
-        """The generation's base and its context optimisers (best per env)."""
-        base = self.archive.select(
-            selection_rng(self.meta_seed, self.island, generation), top_k, exploit_p
+        self, generation: int, top_k: int, exploit_p: float, context_top: int = 1
+    ) -> tuple[Candidate, list[tuple[Candidate, str]]]:
+        """The generation's base and its context optimisers with why each was chosen
+        (``context_top`` 1: the best per env; more: a random pick among that many)."""
+        rng = selection_rng(self.meta_seed, self.island, generation)
+        base = self.archive.select(rng, top_k, exploit_p)
+        return base, self.archive.context(
+            exclude=base.id, rng=rng if context_top > 1 else None, top=context_top
         )
-        return base, self.archive.context(exclude=base.id)
 
     def best(self, m: int) -> list[Candidate]:
         return self.archive.best(m)

@@ -38,12 +38,13 @@ class Checked:
     new_literals: int = 0
 
 
-def make_mutator(kind: str, llm: dict[str, Any] | None = None) -> Any:
-    """The mutator a config names: ``offline`` or ``llm`` (settings: docs/llm.md)."""
+def make_mutator(kind: str, llm: dict[str, Any] | None = None, style: str = "motifs") -> Any:
+    """The mutator a config names: ``offline`` (in ``style``, motifs or edits) or ``llm``
+    (settings: docs/llm.md)."""
     if kind == "offline":
         from rayopt.search.mutators.offline import OfflineMutator
 
-        return OfflineMutator()
+        return OfflineMutator(style=style)
     if kind == "llm":
         from rayopt.search.mutators.llm import from_config
 
@@ -104,8 +105,8 @@ def carried_check(result: MutationResult) -> CheckResult | None:
 class MutatorActor:
     """Hosts one mutator; ``max_concurrency`` proposals run at once on its event loop."""
 
-    def __init__(self, kind: str, llm: dict[str, Any] | None = None):
-        self.mutator = make_mutator(kind, llm)
+    def __init__(self, kind: str, llm: dict[str, Any] | None = None, style: str = "motifs"):
+        self.mutator = make_mutator(kind, llm, style)
 
     async def propose(self, request: MutationRequest) -> Checked:
         import asyncio

@@ -21,6 +21,9 @@ class Scored:
 
     final_return / auc: per environment, the mean over seeds. curves: per environment,
     the mean return curve downsampled (only filled when the config asks for it).
+    error: set for a refinement step that failed (no scores): what went wrong, so the
+    next step knows what was tried. duplicate_of: the earlier candidate whose scores a
+    duplicate shares.
     """
 
     candidate_id: str
@@ -29,13 +32,21 @@ class Scored:
     auc: dict[str, float]
     idea: str | None = None
     curves: dict[str, list[float]] | None = None
+    error: str | None = None
+    duplicate_of: str | None = None
+    note: str | None = None  # why it is shown (context optimisers: its place in an env)
 
 
 @dataclasses.dataclass(frozen=True)
 class MutationRequest:
-    """One refinement step. ``current`` is the optimiser to change (the base at step 0,
-    then the latest refinement); ``context`` the best optimiser per environment;
-    ``history`` this generation's earlier steps, oldest first."""
+    """One refinement step. ``current`` is the optimiser to change (the base at step 1,
+    then the latest refinement that has scores); ``base`` the generation's base
+    optimiser; ``context`` optimisers that do well in individual environments;
+    ``history`` this generation's earlier steps, oldest first, failed ones included
+    (``Scored.error``). ``repair``: the previous attempt of this very step, whose code
+    failed when it was run (an evaluation error): the mutator may fix that code instead
+    of starting afresh. ``known``: canonical hashes and fingerprints of every program
+    the meta-seed has checked, so a mutator can avoid proposing one again."""
 
     current: Scored
     context: tuple[Scored, ...]
@@ -45,6 +56,9 @@ class MutationRequest:
     island: int = 0
     generation: int = 0
     step: int = 0
+    base: Scored | None = None
+    repair: Scored | None = None
+    known: frozenset[str] = frozenset()  # hashes and fingerprints the search has met
 
 
 @dataclasses.dataclass(frozen=True)

@@ -173,12 +173,39 @@ class Prompts:
         blocks.append(_render_scored(head, current, envs, curves, points))
         context_blocks = []
         for i, s in enumerate(request.context, 1):
-            best = _best_in(s, request.context, envs)
-            label = f"### Context optimizer {i}" + (f" (best in {', '.join(best)})" if best else "")
+            why = s.note
+            if why is None:  # a lineage resumed from an old journal: say only what is true
+                best = _best_in(s, request.context, envs)
+                why = f"best of these context optimizers in {', '.join(best)}" if best else None
+            label = f"### Context optimizer {i}" + (f" ({why})" if why else "")
             context_blocks.append(_render_scored(label, s, envs, curves, points))
         history_blocks = []
+        base = request.base
+        if request.history and base is not None and base.candidate_id != current.candidate_id:
+            history_blocks.append(
+                _render_scored(
+                    "### Base optimizer of this generation (the refinements below started from it)",
+                    base,
+                    envs,
+                    curves,
+                    points,
+                )
+            )
         for i, s in enumerate(request.history, 1):
-            head = f"### Refinement {i}\nSuggestion implemented: {s.idea or '(none recorded)'}"
+            suggestion = f"Suggestion implemented: {s.idea or '(none recorded)'}"
+            if s.error is not None:
+                block = [f"### Refinement {i} (failed: no scores)", suggestion]
+                if s.code.strip():
+                    block.append(f"```python\n{s.code.strip()}\n```")
+                block.append(f"It failed: {s.error}")
+                history_blocks.append("\n".join(block))
+                continue
+            head = f"### Refinement {i}\n{suggestion}"
+            if s.duplicate_of:
+                head += (
+                    f"\nIt behaves exactly like the earlier optimizer {s.duplicate_of}, so it "
+                    "was not trained again; the scores are that optimizer's."
+                )
             same = s.candidate_id == current.candidate_id and s.code == current.code
             history_blocks.append(
                 _render_scored(head, s, envs, curves, points, code=not same)
@@ -201,7 +228,8 @@ class Prompts:
 
 def _env_order(request: MutationRequest) -> list[str]:
     envs: list[str] = []
-    for s in (request.current, *request.context, *request.history):
+    base = () if request.base is None else (request.base,)
+    for s in (request.current, *base, *request.context, *request.history):
         for e in (*s.final_return, *s.auc):
             if e not in envs:
                 envs.append(e)
@@ -314,10 +342,19 @@ class LLMMutator:
                 f"${self.budget.limit:.4f}; no new mutation started",
             )
         try:
-            idea, error = await self._think(request, calls)
-            if idea is None:
-                return self._fail(calls, error)
-            code, error, checked = await self._code(request.current.code, idea, calls)
+            if request.repair is not None and request.repair.idea:
+                # the code of this step raised under PPO: the coder fixes it, no new idea
+                idea = Idea(suggestion=request.repair.idea)
+                failed = (
+                    request.repair.code,
+                    f"the code raised when PPO ran it: {request.repair.error}",
+                )
+            else:
+                idea, error = await self._think(request, calls)
+                if idea is None:
+                    return self._fail(calls, error)
+                failed = None
+            code, error, checked = await self._code(request.current.code, idea, calls, failed)
             if code is None:
                 return self._fail(calls, error, idea)
             return MutationResult(
@@ -385,11 +422,22 @@ class LLMMutator:
         return None, f"thinker gave no usable idea in {n} attempts; last: {error}"
 
     async def _code(
-        self, current: str, idea: Idea, calls: list[CallRecord]
+        self,
+        current: str,
+        idea: Idea,
+        calls: list[CallRecord],
+        failed: tuple[str, str] | None = None,
     ) -> tuple[str | None, str, CheckResult | None]:
-        """(valid code or None, error, the validator's CheckResult when it gives one)."""
+        """(valid code or None, error, the validator's CheckResult when it gives one).
+        ``failed``: (code, error) of an earlier implementation of ``idea`` that failed
+        after it was checked; the conversation resumes from it, the error fed back."""
         system = self.prompts.coder_system
         messages = [{"role": "user", "content": self.prompts.coder(current, idea.suggestion)}]
+        if failed is not None:
+            messages += [
+                {"role": "assistant", "content": f"```python\n{failed[0].strip()}\n```"},
+                {"role": "user", "content": self.prompts.retry(failed[1])},
+            ]
         error = "no attempts"
         for attempt in range(1, self.config.max_coder_attempts + 1):
             reply, error, fatal = await self._ask(self.coder, system, messages, attempt, calls)
@@ -405,6 +453,8 @@ class LLMMutator:
                     "the code is identical to the current optimizer; "
                     "the suggested change is missing"
                 )
+            elif failed is not None and same_program(code, failed[0]):
+                feedback = f"the code is the one that failed; fix it ({failed[1]})"
             else:
                 feedback, checked = await self._validate(code)
                 if feedback is None:

@@ -1,19 +1,18 @@
-"""The offline mutator: typed AST mutations in the spirit of Lion's search (Chen et al.,
-2023). No network, no key: the default mutator and an ablation baseline for the LLM.
+"""The offline mutator: no network, no key; the default mutator and the LLM's ablation.
 
-One mutation per proposal, drawn from:
+Two styles (``mutator.offline_style``):
 
-- insert a statement ``x = x <op> <expr>`` before the return (``x`` a returned or local
-  tensor; ``expr`` built from the inputs, never from new numeric literals);
-- delete an assignment;
-- swap an input for another of the same shape (``g, w, var1, var2`` are tensors of the
-  parameter's shape; ``t_p, b_p, l_p`` scalars);
-- change a binary operator (+ - * /) or a unary function (``jnp.sign``, ``jnp.abs`` ...);
-- scale a numeric constant (x0.5, x2, x0.1, x10; constants in (0.5, 1) move towards or
-  away from 1, like a momentum).
+- ``motifs`` (default): whole motifs of the paper's optimisers inserted, replaced or
+  removed, and crossover with other archive members (:mod:`rayopt.search.mutators.motifs`):
+  what the paper's LLM built its discovered optimisers from, so the offline search can
+  find the same kind of optimiser.
+- ``edits``: random typed AST edits in the spirit of Lion's search (Chen et al., 2023),
+  which never introduce numeric literals: the ablation, and the mutator of rayopt 0.1.
 
 A proposal is re-drawn until the program passes validation and the dry run
-(``rayopt.program.check``), so the search never pays for an invalid candidate.
+(``rayopt.program.check``) and is not a program the search has already met (same
+canonical hash or behavioural fingerprint as anything in ``MutationRequest.known``), so
+the search never pays for an invalid candidate or a duplicate it could have avoided.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from rayopt.search.mutators import motifs
 from rayopt.search.mutators.base import CallRecord, MutationRequest, MutationResult
 
 if TYPE_CHECKING:
@@ -36,12 +36,14 @@ SCALARS = ("t_p", "b_p", "l_p")
 UNARY = ("sign", "abs", "sqrt", "tanh", "log1p", "square", "exp")
 BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 OP_TEXT = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+STYLES = ("motifs", "edits")
 
 Checker = Callable[[str], str | None]
 
 
 class OfflineMutator:
-    """Random typed AST mutations.
+    """Motif edits and crossover (``style="motifs"``) or random typed AST edits
+    (``style="edits"``).
 
     ``check`` (an error string or None) replaces the default, ``rayopt.program.check``
     with a dry run, whose result the proposal carries on so the code is not checked
@@ -50,9 +52,12 @@ class OfflineMutator:
 
     name = "offline"
 
-    def __init__(self, check: Checker | None = None, max_attempts: int = 32):
+    def __init__(self, check: Checker | None = None, max_attempts: int = 32, style: str = "motifs"):
+        if style not in STYLES:
+            raise ValueError(f"offline style must be one of {STYLES}, not {style!r}")
         self.check = check
         self.max_attempts = max_attempts
+        self.style = style
 
     def _check(self, code: str) -> tuple[str | None, CheckResult | None]:
         if self.check is not None:
@@ -65,27 +70,52 @@ class OfflineMutator:
     async def propose(self, request: MutationRequest) -> MutationResult:
         return await asyncio.to_thread(self.propose_sync, request)
 
+    def _mutate(self, request: MutationRequest, rng: random.Random) -> tuple[str, str]:
+        code = request.current.code
+        if self.style == "edits":
+            code, idea = mutate(code, rng)
+            return code, f"offline: {idea}"
+        donors = [
+            (s.candidate_id, s.code)
+            for s in (request.base, *request.context, *request.history)
+            if s is not None and s.error is None and s.code != code
+        ]
+        code, idea = motifs.mutate(code, rng, donors)
+        return code, f"offline: {idea}"
+
     def propose_sync(self, request: MutationRequest) -> MutationResult:
+        from rayopt.program import canonical_hash
+
         rng = random.Random(
             f"{request.run_id}/{request.island}/{request.generation}/{request.step}/{request.seed}"
         )
+        known = set(request.known) | {
+            canonical_hash(s.code)
+            for s in (request.current, request.base, *request.context, *request.history)
+            if s is not None and s.code
+        }
         calls = []
         error = "no mutation applied"
         for attempt in range(1, self.max_attempts + 1):
             t0 = time.perf_counter()
             checked = None
             try:
-                code, idea = mutate(request.current.code, rng)
+                code, idea = self._mutate(request, rng)
             except (SyntaxError, ValueError, IndexError) as err:  # a mutation that does not apply
                 code, idea, error = None, None, f"{type(err).__name__}: {err}"
             else:
-                error, checked = self._check(code)
+                if canonical_hash(code) in known:
+                    error = "the search has this program already (same canonical hash)"
+                else:
+                    error, checked = self._check(code)
+                    if error is None and checked is not None and checked.fingerprint in known:
+                        error = "the search has an optimiser that behaves the same (fingerprint)"
             ok = error is None
             calls.append(
                 CallRecord(
                     role="offline",
                     provider="offline",
-                    model="ast",
+                    model=self.style,
                     attempt=attempt,
                     ok=ok,
                     latency_s=time.perf_counter() - t0,
@@ -111,7 +141,7 @@ class OfflineMutator:
 
 # ------------------------------------------------------------------ mutations
 def mutate(code: str, rng: random.Random) -> tuple[str, str]:
-    """Apply one random mutation; returns (new code, description)."""
+    """Apply one random typed edit (the ``edits`` style); returns (new code, description)."""
     tree = ast.parse(code)
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef))
     ops = [_insert, _delete, _swap_input, _change_op, _change_fn, _scale_constant]
@@ -125,7 +155,7 @@ def mutate(code: str, rng: random.Random) -> tuple[str, str]:
             ast.fix_missing_locations(tree)
             new = ast.unparse(tree) + "\n"
             if new != ast.unparse(ast.parse(code)) + "\n":
-                return new, f"offline: {idea}"
+                return new, idea
     raise ValueError("no applicable mutation")
 
 

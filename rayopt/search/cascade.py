@@ -1,0 +1,258 @@
+"""The cascade: what a candidate goes through before it has scores (paper §5.3 plus
+cheap stages in front of the full evaluation).
+
+    check (validation, dry run, literal audit, hash, fingerprint)
+      -> duplicate? share the earlier scores -> literal policy
+      -> screen: a short single-env run -> full: every env x seeds
+
+Each decision is written to the journal in one part file together with the rows it
+rests on, so a crash leaves either both or neither; the verdict goes back to the
+lineage, which shows failures to the next mutation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import numpy as np
+
+from rayopt.config import DiscoveryConfig
+from rayopt.optim import SYMBOLIC, OptimiserSpec
+from rayopt.search.archive import Candidate
+from rayopt.search.evaluator import EvalOutcome, EvalTask, EvaluatorPool, outcome_rows
+from rayopt.search.mutators.actor import Checked
+from rayopt.search.state import RunJournal, Search, Verdict, copy_scores, is_mutated
+
+
+class Cascade:
+    """Assess candidates of every meta-seed on one evaluator pool."""
+
+    def __init__(self, config: DiscoveryConfig, evaluators: EvaluatorPool, journal: RunJournal):
+        self.config = config
+        self.evaluators = evaluators
+        self.journal = journal
+        self.random_floor: dict[str, float] = {}
+        # initial and reference optimisers: one evaluation shared by every meta-seed
+        self._memo: dict[tuple, asyncio.Future[EvalOutcome]] = {}
+
+    async def assess(
+        self,
+        s: Search,
+        c: Candidate,
+        island: int | None,
+        generation: int,
+        created: bool,
+        checked: Checked | None = None,
+        preface: list[dict] | None = None,
+    ) -> Verdict:
+        """Check, deduplicate, screen and fully evaluate ``c``.
+
+        ``created``: write its ``created`` row (with ``preface``, the model calls that
+        produced it); False when the journal has it already (resume).
+        """
+        cfg = self.config
+        if checked is None:
+            checked = await asyncio.to_thread(check_code, c)
+            c.code_hash, c.fingerprint = checked.code_hash, checked.fingerprint
+            c.literal_count = checked.literal_count if checked.ok else c.literal_count
+        where = dict(island=island, generation=generation, step=c.step, **c.lineage_row())
+        pending = [*(preface or []), *([dict(event="created", **where)] if created else [])]
+        s.candidates.setdefault(c.id, c)
+        s.see(c)
+        if not checked.ok:
+            s.dropped += 1
+            self.journal.write(
+                s,
+                [
+                    *pending,
+                    dict(
+                        event="invalid",
+                        **where,
+                        error_kind=checked.error_kind,
+                        error_line=checked.error_line,
+                        error=checked.error,
+                    ),
+                ],
+            )
+            return Verdict("invalid", c, checked.error, checked.error_kind)
+        if is_mutated(c):
+            if cfg.cascade.dedup:
+                orig = s.by_hash.get(c.code_hash or "") or s.by_fingerprint.get(c.fingerprint or "")
+                if orig is not None and orig.id != c.id:
+                    same = "same hash" if orig.code_hash == c.code_hash else "same fingerprint"
+                    s.duplicates += 1
+                    self.journal.write(
+                        s,
+                        [
+                            *pending,
+                            dict(event="duplicate", **where, ref_candidate_id=orig.id, status=same),
+                        ],
+                    )
+                    return Verdict("duplicate", copy_scores(c, orig), f"{same} as {orig.id}")
+            if (
+                cfg.search.literal_policy == "reject"
+                and c.new_literals > cfg.search.max_new_literals
+            ):
+                limit = cfg.search.max_new_literals
+                why = f"introduces {c.new_literals} tunable literals (max {limit})"
+                s.dropped += 1
+                self.journal.write(s, [*pending, dict(event="rejected", **where, error=why)])
+                return Verdict("rejected", c, why, "literals")
+        self.journal.write(s, pending)
+        spec = OptimiserSpec(name=c.name or c.id, kind="symbolic", code=c.code)
+        if cfg.cascade.enabled and is_mutated(c) and c.id not in s.screened:
+            why = await self.screen(s, c, spec, where)
+            if why:
+                s.dropped += 1
+                return Verdict("screened_out", c, why, "screen")
+        return await self.evaluate_all(s, c, spec, where)
+
+    async def screen(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> str:
+        """The cascade's short run; writes its rows and its verdict together. Returns
+        why ``c`` fell out, or "" when it passed."""
+        cfg = self.config
+        env = cfg.cascade.env
+        ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
+        task = EvalTask(
+            f"{c.id}/screen/{env}",
+            spec,
+            ppo,
+            tuple(range(cfg.cascade.seeds)),
+            fast_compile=True,
+            keep=False,  # only mutated candidates are screened; each once
+        )
+        out = await self.evaluators.run(task)
+        why = ""
+        if not out.ok:
+            why = f"screen run failed: {out.error}"
+        elif not np.all(out.finite):
+            why = "non-finite parameters in the screening run"
+        else:
+            floor = await self._random_floor(env)
+            ret = float(np.nanmean(out.final_return))
+            if math.isfinite(floor) and not ret >= cfg.cascade.random_margin * floor:
+                why = (
+                    f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x "
+                    f"random policy {floor:.3g}"
+                )
+        verdict = (
+            dict(event="screened_out", **where, error=why)
+            if why
+            else dict(event="screened", **where)
+        )
+        self.journal.write(s, [*outcome_rows(out, where, stage="screen"), verdict])
+        s.screened.add(c.id)
+        return why
+
+    async def evaluate_all(
+        self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict
+    ) -> Verdict:
+        """Every environment not yet journalled for ``c``, then the verdict. An env that
+        failed before a crash (resume) fixes the verdict: nothing is trained again."""
+        cfg = self.config
+        failed_before = c.id in s.failed_envs
+        outcomes = await asyncio.gather(
+            *(
+                self.evaluate(s, c, spec, env, where)
+                for env in cfg.envs
+                if env not in c.final_return and not failed_before
+            )
+        )
+        # (env, attempts, kind, error) of the first env that failed: an error, or the
+        # screen's rule (non-finite parameters at the end of training ends a candidate)
+        failures = [
+            (o.task.config.env, o.attempts, o.error_kind, o.error) for o in outcomes if not o.ok
+        ]
+        failures += [
+            (
+                o.task.config.env,
+                o.attempts,
+                "non_finite",
+                f"non-finite parameters at the end of training on {o.task.config.env} "
+                f"({int(np.sum(~np.asarray(o.finite, bool)))} of {len(o.finite)} seeds)",
+            )
+            for o in outcomes
+            if o.ok and not np.all(o.finite)
+        ]
+        if failures or failed_before:
+            s.failed += 1
+            env, attempt, kind, error = (
+                failures[0]
+                if failures
+                else (
+                    s.failed_envs[c.id],
+                    None,
+                    "evaluation",
+                    "failed before the crash (see its rows)",
+                )
+            )
+            row = dict(
+                event="evaluation_failed",
+                **where,
+                env=env,
+                attempt=attempt,
+                error_kind=kind,
+                error=error,
+            )
+            self.journal.write(s, [row])
+            return Verdict("evaluation_failed", c, error, kind)
+        if c.mutator != "reference":
+            s.evaluated += 1
+            s.index(c)
+        mean = float(np.nanmean([c.final_return[e] for e in cfg.envs]))
+        self.journal.write(s, [dict(event="evaluated", **where, status="ok", final_return=mean)])
+        return Verdict("evaluated", c)
+
+    async def _random_floor(self, env: str) -> float:
+        if env not in self.random_floor:
+            actor = self.evaluators.slots[0].actor
+            try:
+                self.random_floor[env] = await actor.random_return.remote(env)
+            except Exception:  # noqa: BLE001 - a simulated evaluator has none; no floor then
+                self.random_floor[env] = math.nan
+        return self.random_floor[env]
+
+    async def evaluate(
+        self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict
+    ) -> EvalOutcome:
+        cfg = self.config
+        task = EvalTask(
+            f"{c.id}/full/{env}",
+            spec,
+            cfg.ppo_config(env),
+            tuple(range(cfg.seeds)),
+            fast_compile=cfg.evaluator.fast_compile,
+            keep=not is_mutated(c),  # they recur (meta-seeds); not the rest
+        )
+        if is_mutated(c):
+            out = await self.evaluators.run(task)
+        else:  # the same program, config and seeds in every meta-seed: train it once
+            memo = (spec.code, spec.kind, spec.name, task.config, task.seeds, task.fast_compile)
+            if memo not in self._memo:
+                self._memo[memo] = asyncio.ensure_future(self.evaluators.run(task))
+            out = await asyncio.shield(self._memo[memo])
+            if not out.ok:
+                self._memo.pop(memo, None)  # a failure is not memoised: it may be bad luck
+        self.journal.write(s, outcome_rows(out, where, stage="full"))
+        if out.ok:
+            record_scores(c, env, out)
+        return out
+
+
+def record_scores(c: Candidate, env: str, out: EvalOutcome | Any) -> None:
+    """``c``'s per-env scores from an outcome: means over seeds (NaN seeds skipped)."""
+    c.final_return[env] = float(np.nanmean(out.final_return))
+    c.auc[env] = float(np.nanmean(out.auc))
+    c.curves[env] = np.nanmean(out.return_curve, axis=0).astype(float).tolist()
+
+
+def check_code(c: Candidate) -> Checked:
+    """Check a candidate whose proposal was not checked on the way (initial optimisers,
+    resumed candidates)."""
+    from rayopt.search.mutators.actor import check_proposal
+    from rayopt.search.mutators.base import MutationResult
+
+    parent = SYMBOLIC.get(c.name or "", c.code)
+    return check_proposal(MutationResult(ok=True, mutator=c.mutator, code=c.code), parent)
