@@ -104,6 +104,9 @@ def test_kill_driver_then_resume_exactly_once(ray_local, tmp_path):
         _discover("--resume", str(run_dir)), capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # it ends with a table a person reads (JSON only with --json)
+    assert "in search (final return" in resumed.stdout and "best initial" in resumed.stdout
+    assert not resumed.stdout.rstrip().endswith("}")
     after = read(run_dir).to_pandas()
     check_exactly_once(after, config)
     # nothing journalled before the kill was lost

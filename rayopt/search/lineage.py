@@ -2,9 +2,10 @@
 
 Each step asks a mutator for new code given the current optimiser, the generation's
 base, the context optimisers and this generation's history, then sends the candidate
-through the cascade. A step that produces scores moves the lineage on; a step that
-fails (no code, invalid code, screened out, an evaluation error, a duplicate) stays in
-the history with its error, so the next step sees what was tried and why it failed.
+through the cascade. A step that produces scores (evaluated, or a duplicate sharing an
+earlier candidate's) moves the lineage on; a step that fails (no code, invalid code,
+rejected, screened out, an evaluation error or non-finite parameters) stays in the
+history with its error, so the next step sees what was tried and why it failed.
 Code that raised when PPO ran it goes back to the mutator once more to be repaired
 (``search.repair_attempts``), as a check failure would.
 """
