@@ -320,11 +320,15 @@ def test_population_ranks_curve_and_references(run_dir: Path) -> None:
         "i0-g2-s1": 3.0,
         "i0-g3-s1": 1.0,
     }
+    # the curve ranks candidates and adam (4.5 on both envs, between 5.0 and 4.0) in one
+    # population of 7: adam is 3rd, and every candidate below it moves down one place
+    joint = p0.joint_ranks()
+    assert joint["ref-adam"] == 3.0 and joint["i0-g1-s2"] == 2.0 and joint["init-a"] == 7.0
     curve = p0.curve()
     best = [pt["best_rank"] for pt in curve]
-    assert best == [6.0, 4.0, 4.0, 2.0, 2.0, 1.0]
+    assert best == [7.0, 5.0, 5.0, 2.0, 2.0, 1.0]
+    assert [pt["avg_rank"] for pt in curve] == [joint[c] for c in p0.order]
     assert all(b2 <= b1 for b1, b2 in zip(best, best[1:], strict=False))  # monotone
-    # adam (4.5 on both envs) sits between 5.0 and 4.0: rank 3 of 7
     assert p0.reference_ranks() == {"ref-adam": 3.0}
     assert p1.reference_ranks() == {"ref-adam": 3.0}  # 0.75: between 1.0 and 0.5
     assert p0.top(2) == [("i0-g3-s1", 1.0), ("i0-g1-s2", 2.0)]
@@ -332,6 +336,34 @@ def test_population_ranks_curve_and_references(run_dir: Path) -> None:
     assert p0.lineage("i0-g3-s1") == ["i0-g3-s1", "i0-g1-s2", "i0-g1-s1", "init-a"]
     assert p0.code(["i0-g3-s1"]) == {"i0-g3-s1": CODE.format(x="g*6.0")}
     assert set(p0.env_ranks()["i0-g3-s1"].values()) == {1.0}
+
+
+def test_fig2_ranks_candidates_and_references_in_one_population() -> None:
+    """The issue's three-env example: among the candidates, ``c1`` ranks 1.0; Adam beats
+    it on two envs of three. Ranked in one population (Fig. 2's curve and its reference
+    lines), Adam is 1.33 and ``c1`` 1.67: the curve must not end above Adam's line."""
+    from rayopt.analysis.population import Member, Population
+
+    envs = ["e1", "e2", "e3"]
+    members = {
+        "c1": Member("c1", outcome="evaluated", evaluated_at=1.0, scores=dict.fromkeys(envs, 10.0)),
+        "c2": Member("c2", outcome="evaluated", evaluated_at=2.0, scores=dict.fromkeys(envs, 5.0)),
+        "ref-adam": Member(
+            "ref-adam",
+            mutator="reference",
+            outcome="evaluated",
+            evaluated_at=3.0,
+            scores={"e1": 20.0, "e2": 20.0, "e3": 7.0},
+        ),
+    }
+    pop = Population(None, "x-ms0", 0, envs, members)  # type: ignore[arg-type]
+    assert pop.ranks() == {"c1": 1.0, "c2": 2.0}  # the search's rule: candidates only
+    adam = pop.reference_ranks()["ref-adam"]
+    assert adam == pytest.approx(4 / 3)
+    curve = pop.curve()
+    assert [p["avg_rank"] for p in curve] == pytest.approx([5 / 3, 3.0])
+    assert curve[-1]["best_rank"] == pytest.approx(5 / 3) and curve[-1]["best_id"] == "c1"
+    assert curve[-1]["best_rank"] > adam  # Adam ranks ahead of the best candidate
 
 
 def test_nan_seed_is_left_out_of_the_score_as_the_driver_does(tmp_path: Path) -> None:
@@ -483,7 +515,7 @@ def test_report_renders_with_every_image(run_dir: Path, sweep_dir: Path, tmp_pat
     iqm = pd.read_csv(out / "tables" / "iqm.csv")
     assert len(iqm) == len(res.iqm) == 12
     curve = pd.read_csv(out / "tables" / "meta_training.csv")
-    assert list(curve[curve.run_id == "syn-ms0"]["best_rank"]) == [6.0, 4.0, 4.0, 2.0, 2.0, 1.0]
+    assert list(curve[curve.run_id == "syn-ms0"]["best_rank"]) == [7.0, 5.0, 5.0, 2.0, 2.0, 1.0]
     refs = pd.read_csv(out / "tables" / "references.csv")
     assert list(refs["avg_rank"]) == [3.0, 3.0]
     assert (out / "tables" / "iqm.md").read_text().startswith("| sweep |")

@@ -118,6 +118,27 @@ def test_config_validation():
     assert (m.num_envs, m.num_steps, m.total_timesteps, m.num_minibatches) == (64, 128, 10**7, 8)
 
 
+def test_truncation_default_is_the_papers_everywhere_it_is_reproduced():
+    """OPEN and PureJaxRL (old gymnax API) end an episode at a time limit: ``terminate``
+    is the default of PPOConfig, of the embedded (quickstart) config and of every shipped
+    config; ``bootstrap`` stays an option."""
+    from pathlib import Path
+
+    from rayopt.analysis.sweep import load_sweep
+    from rayopt.config import DiscoveryConfig, load_discovery
+
+    assert config_for("freeway").truncation == "terminate"
+    assert config_for("freeway", truncation="bootstrap").truncation == "bootstrap"
+    root = Path(__file__).parent.parent / "configs"
+    for cfg in [DiscoveryConfig().validate(), load_discovery(root / "bench/discovery-gain.yaml")]:
+        assert {cfg.ppo_config(e).truncation for e in cfg.envs} == {"terminate"}
+    paper = load_discovery(root / "paper.yaml", ["mutator.kind=offline", "mutator.llm={}"])
+    assert {paper.ppo_config(e).truncation for e in paper.envs} == {"terminate"}
+    for f in sorted((root / "sweeps").glob("*.yaml")):
+        sweep = load_sweep(f)
+        assert {sweep.ppo_config(e, v).truncation for v, e in sweep.points()} == {"terminate"}, f
+
+
 @pytest.mark.slow
 def test_craftax_classic_trains():
     """Craftax-Classic behind its optional extra (compiling it takes ~10 minutes on CPU)."""

@@ -2,7 +2,8 @@
 
 - Fig. 2 :func:`meta_training`: best average rank so far against candidates evaluated,
   per meta-seed, with each candidate's rank as a dot and the references' ranks as
-  dashed lines (rank 1 = best, drawn at the top).
+  dashed lines (rank 1 = best, drawn at the top); candidates and references are ranked
+  in one population (:meth:`rayopt.analysis.population.Population.joint_ranks`).
 - Figs. 3-4 :func:`sweep_figure` on a numeric axis (training length, hidden size): IQM
   per optimiser against the axis with the 95 % CI as a band, one panel per env, the
   in-distribution value as a dashed red line.
@@ -139,7 +140,7 @@ def meta_training(
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.invert_yaxis()  # rank 1 (best) at the top, as the paper's "max" curve rises
     ax.set_xlabel("candidates evaluated")
-    ax.set_ylabel("average rank over envs (1 = best)")
+    ax.set_ylabel("average rank over envs (1 = best)\ncandidates and references ranked together")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if runs:

@@ -177,6 +177,7 @@ def _discovery_tables(
     rows = []
     for pop in pops:
         env_ranks = pop.env_ranks()
+        joint = pop.joint_ranks()
         for place, (cid, rank) in enumerate(pop.top(k), start=1):
             m = pop.members[cid]
             rows.append(
@@ -186,6 +187,7 @@ def _discovery_tables(
                     place=place,
                     candidate_id=cid,
                     avg_rank=rank,
+                    rank_with_refs=joint[cid],
                     population=len(pop.order),
                     mutator=m.mutator,
                     lineage=" <- ".join(pop.lineage(cid)),
@@ -462,10 +464,13 @@ def _html(
         parts.append(
             "<p>Population: every evaluated candidate of a meta-seed (references "
             "excluded). Average rank: mean over the meta-training envs of the rank by "
-            "mean final return (1 = best). The curve is the best average rank among "
-            "the first k candidates in evaluation order, ranks taken in the final "
-            "population; a reference's rank is its average rank in the population with "
-            "it added alone.</p>"
+            "mean final return (1 = best), among the candidates (the search's rule, "
+            "<i>avg_rank</i>). The curve and the references' lines use joint ranks: "
+            "every candidate and every reference ranked in one population "
+            "(<i>rank_with_refs</i> in the table of best candidates), so a point below a "
+            "reference's line is a candidate ranked ahead of it. The curve is the best "
+            "joint rank among the first k candidates in evaluation order, ranks taken in "
+            "the final population.</p>"
         )
         parts.append(_figure(figures.get("fig2"), out, "Meta-training curve (Fig. 2)"))
         parts.append("<h3>References in the population</h3>" + _table(refs))
