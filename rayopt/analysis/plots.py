@@ -9,6 +9,9 @@
   in-distribution value as a dashed red line.
 - Figs. 5-6 :func:`sweep_figure` on a categorical axis (activation, env, none): IQM
   bars with CI whiskers, one panel per env.
+- Few seeds (``stats.MIN_SEEDS_CI``, ``stats.FEW_SEEDS``): a point with fewer than 3
+  seeds has no band or whisker and a hollow marker (hatched bar); the figure says so
+  under the panels, and that intervals over 3-4 seeds cover less than 95 %.
 - :func:`profile_figure`: rliable performance profiles of a sweep.
 """
 
@@ -28,7 +31,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from rayopt.analysis.stats import axis_sort_key, env_order, optimizer_order  # noqa: E402
+from rayopt.analysis.stats import (  # noqa: E402
+    FEW_SEEDS,
+    MIN_SEEDS_CI,
+    axis_sort_key,
+    env_order,
+    optimizer_order,
+)
 
 AXIS_LABEL = {
     "total_timesteps": "total timesteps",
@@ -187,7 +196,25 @@ def sweep_figure(
         fig.suptitle(title)
     labels = [n for n in names if n in handles]
     _legend(fig, [handles[n] for n in labels], labels)
+    note = small_n_note(table)
+    if note:
+        fig.supxlabel(note, fontsize=7, color="#a00")
     return save(fig, path_stem)
+
+
+def small_n_note(table: pd.DataFrame) -> str:
+    """What a sweep figure says about its points with few seeds ("" if none)."""
+    if "n" not in table or table.empty:
+        return ""
+    n = table["n"].to_numpy(int)
+    parts = []
+    if (n < MIN_SEEDS_CI).any():
+        parts.append(
+            f"hollow/hatched: fewer than {MIN_SEEDS_CI} seeds, no interval (it would be degenerate)"
+        )
+    if ((n >= MIN_SEEDS_CI) & (n <= FEW_SEEDS)).any():
+        parts.append(f"{MIN_SEEDS_CI}-{FEW_SEEDS} seeds: the intervals cover less than 95 %")
+    return "; ".join(parts)
 
 
 def _lines(
@@ -204,6 +231,9 @@ def _lines(
         d = d.assign(x=d["axis_value"].astype(float)).sort_values("x")
         (line,) = ax.plot(d["x"], d["iqm"], marker="o", ms=3.5, color=colour[n], lw=1.6)
         ax.fill_between(d["x"], d["ci_low"], d["ci_high"], color=colour[n], alpha=0.18, lw=0)
+        if "n" in d:  # no interval below MIN_SEEDS_CI seeds: a hollow marker says so
+            few = d[d["n"].to_numpy(int) < MIN_SEEDS_CI]
+            ax.plot(few["x"], few["iqm"], "o", ms=6, mfc="white", mec=colour[n], mew=1.4)
         handles.setdefault(n, line)
 
 
@@ -232,6 +262,11 @@ def _bars(
             capsize=2,
             error_kw=dict(lw=0.8),
         )
+        if "n" in d:  # no interval below MIN_SEEDS_CI seeds: a hatched bar says so
+            for bar, k in zip(bars, d["n"].fillna(0).to_numpy(int), strict=True):
+                if k < MIN_SEEDS_CI:
+                    bar.set_hatch("///")
+                    bar.set_edgecolor("white")
         handles.setdefault(n, bars)
     show_ticks = axis in ("activation",)
     ax.set_xticks(np.arange(len(values)))

@@ -244,7 +244,8 @@ def _write_tables(
         files.append(p)
         if shown is not None:
             p = d / f"{name}.md"
-            p.write_text(stats.to_markdown(shown))
+            legend = stats.small_n_legend(raw["n"]) if name == "iqm" and not raw.empty else []
+            p.write_text(stats.to_markdown(shown) + "".join(f"\n{x}\n" for x in legend))
             files.append(p)
     return files
 
@@ -355,6 +356,8 @@ def _echo(
     if not iqm.empty:
         log(f"IQM with 95% stratified bootstrap CIs ({stats.KEY[-2]} x env x axis value):")
         log(stats.to_text(stats.iqm_display(iqm)))
+        for line in stats.small_n_legend(iqm["n"]):
+            log(line)
     if not poi.empty:
         log("Probability of improvement P(X > Y), over envs:")
         log(stats.to_text(poi[poi["env"] == stats.ALL_ENVS].drop(columns=["env"])))
@@ -510,7 +513,11 @@ def _html(
             f"{e(str(sorted(set(t['n']))))}.</p>"
         )
         parts.append(_figure(figures.get(f"sweep:{sweep}"), out, f"{sweep}: IQM with 95% CIs"))
-        parts.append("<h3>IQM with 95% CIs</h3>" + _table(stats.iqm_display(t)))
+        parts.append(
+            "<h3>IQM with 95% CIs</h3>"
+            + _table(stats.iqm_display(t))
+            + "".join(f"<p><b>{e(x)}</b></p>" for x in stats.small_n_legend(t["n"]))
+        )
         p = poi[poi["sweep"] == sweep] if not poi.empty else poi
         if not p.empty:
             parts.append("<h3>Probability of improvement P(X &gt; Y)</h3>" + _table(p))
@@ -534,10 +541,8 @@ def _heldout_html(scanned: Sequence[Scan], opts: AnalysisOptions) -> str:
         if h is None:
             continue
         n = len(h.seeds)
-        warn = (
-            f"<p><b>{n} seeds per env: the intervals are degenerate (need at least 3).</b></p>"
-            if n < 3
-            else ""
+        warn = "".join(
+            f"<p><b>{html.escape(x)}</b></p>" for x in stats.small_n_legend(h.table["n"])
         )
         parts.append(
             f"<h2 id='heldout-{html.escape(h.name)}'>Held-out confirmation: "

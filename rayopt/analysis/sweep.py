@@ -557,8 +557,9 @@ def sweep(
     from rayopt.results.journal import compact
     from rayopt.search.evaluator import EvaluatorPool
     from rayopt.search.fleet import init_ray, start_evaluators
+    from rayopt.search.preflight import check_cluster, check_writable
 
-    out = Path(out_dir)
+    out = check_writable(out_dir)
     optimizers = resolve_optimizers(cfg.optimizers, cfg.open_weights)
     todo, skipped, created = plan(cfg, optimizers, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -573,6 +574,7 @@ def sweep(
     if not todo:
         return summary
     init_ray(cfg.address)
+    check_cluster(cfg)  # one evaluator fits, or a one-line error before any actor starts
     actors = start_evaluators(cfg)  # reads only cfg.evaluator
     try:
         pool = EvaluatorPool(actors, max_attempts=cfg.max_eval_attempts)
