@@ -551,3 +551,116 @@ def test_cli_analyze(
     poi = pd.read_csv(out / "tables" / "poi.csv")
     assert set(zip(poi["x"], poi["y"], strict=True)) == {("good", "bad")}
     assert main(["analyze", str(tmp_path / "missing")]) == 2
+
+
+# ---------------------------------------------------------------- few seeds
+def _few_seed_scores(counts: dict[str, int]) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    rows = [
+        dict(sweep="s", axis="none", axis_value="", optimizer=o, env="CartPole-v1", seed=i, value=v)
+        for o, n in counts.items()
+        for i, v in enumerate(rng.normal(100.0, 10.0, size=n))
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_few_seeds_get_no_interval_or_a_marked_one(tmp_path: Path) -> None:
+    """n < 3: no interval (rliable's would be [x, x] at n = 1, ~50 % coverage at n = 2);
+    n = 3-4: the interval is shown and marked; the legend says both; the plot too."""
+    from rayopt.analysis.plots import small_n_note, sweep_figure
+
+    t = stats.iqm_table(_few_seed_scores({"n1": 1, "n2": 2, "n3": 3, "n4": 4, "n8": 8}), reps=REPS)
+    t = t.set_index("optimizer")
+    assert t.loc[["n1", "n2"], ["ci_low", "ci_high"]].isna().all().all()
+    assert t.loc[["n3", "n4", "n8"], ["ci_low", "ci_high"]].notna().all().all()
+    assert (t.loc[["n3", "n4", "n8"], "ci_low"] < t.loc[["n3", "n4", "n8"], "ci_high"]).all()
+    cells = dict(zip(t.index, stats.iqm_display(t.reset_index())["IQM [95% CI]"], strict=True))
+    assert cells["n1"].endswith("(n=1: no CI)") and cells["n2"].endswith("(n=2: no CI)")
+    assert cells["n3"].endswith("]*") and cells["n4"].endswith("]*")
+    assert cells["n8"].endswith("]") and "*" not in cells["n8"]
+    legend = stats.small_n_legend(t["n"])
+    assert len(legend) == 2 and "2 point(s) with 1 or 2 seed(s): no interval" in legend[0]
+    assert legend[1].startswith("note: * 3 or 4 seeds")
+    assert stats.small_n_legend([5, 8, 16]) == []
+    note = small_n_note(t.reset_index())
+    assert "fewer than 3 seeds, no interval" in note and "3-4 seeds" in note
+    assert small_n_note(t.reset_index()[lambda d: d.n > 4]) == ""
+    files = sweep_figure(t.reset_index(), "none", tmp_path / "few")  # draws without a band
+    assert all(f.stat().st_size > 1000 for f in files)
+
+
+def test_rliable_shim_imports_under_the_installed_pandas() -> None:
+    """In a fresh interpreter (the shim runs at import), under whichever pandas is
+    installed: rliable imports and its IQM works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pandas; from rayopt.analysis._rliable import metrics, rly; import numpy as np; "
+        "print(pandas.__version__, metrics.aggregate_iqm(np.arange(8.0)[:, None]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    version, iqm = proc.stdout.split()
+    assert version == pd.__version__ and float(iqm) == pytest.approx(3.5)
+
+
+def test_rliable_shim_adapts_only_the_pandas_3_signature() -> None:
+    """arch 7 calls ``deprecate_kwarg(old, new)``: pandas 2.x takes that as is (left
+    alone), pandas 3 wants ``(klass, old, new)`` (adapted)."""
+    import pandas.util._decorators as decorators
+
+    from rayopt.analysis._rliable import adapt
+
+    def pandas2(old_arg_name, new_arg_name, mapping=None, stacklevel=2):
+        return ("2", old_arg_name, new_arg_name)
+
+    def pandas3(klass, old_arg_name, new_arg_name, mapping=None, stacklevel=2):
+        return (klass, old_arg_name, new_arg_name)
+
+    assert adapt(pandas2) is None
+    adapted = adapt(pandas3)
+    assert adapted("old", "new") == (FutureWarning, "old", "new")  # arch's call
+    assert adapted(DeprecationWarning, "old", "new") == (DeprecationWarning, "old", "new")
+    installed = adapt(decorators.deprecate_kwarg)
+    assert (installed is None) == (int(pd.__version__.split(".")[0]) < 3)
+    assert decorators.deprecate_kwarg.__name__ == "deprecate_kwarg"  # restored after import
+
+
+# ---------------------------------------------------------------- rayopt evaluate's quick table
+def test_quick_table_skips_and_counts_nan_seeds() -> None:
+    from rayopt.cli import quick_scores
+
+    fr = [1.0, 2.0, float("nan"), 3.0, 4.0, 100.0]
+    q = quick_scores(fr, [1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])
+    assert q["nan"] == 1
+    assert q["final_mean"] == pytest.approx(22.0)  # the five finite seeds
+    assert q["final_iqm"] == pytest.approx(3.0)  # 1 and 100 trimmed, as rliable does
+    assert q["final_iqm"] == pytest.approx(
+        metrics.aggregate_iqm(np.array(fr)[[0, 1, 3, 4, 5], None])
+    )
+    assert q["auc_mean"] == q["auc_iqm"] == 1.0
+    none = quick_scores([float("nan")] * 2, [float("nan")] * 2)
+    assert none["nan"] == 2 and np.isnan(none["final_iqm"]) and np.isnan(none["final_mean"])
+
+
+def test_quick_table_columns_fit_their_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A long optimiser name no longer runs into the env column (real PPO, a tiny run)."""
+    from rayopt.cli import main
+    from rayopt.optim import library
+
+    path = tmp_path / "a_rather_long_optimiser_file_name.py"
+    path.write_text(library.SIGN_UPDATE)
+    argv = ["evaluate", "--optimizers", str(path), "--envs", "CartPole-v1", "--seeds", "2"]
+    assert main([*argv, "--total-timesteps", "1024", "--num-envs", "4", "--fast-compile"]) == 0
+    head, row, note = capsys.readouterr().out.strip().splitlines()
+    assert head.split()[:4] == ["optimizer", "env", "seeds", "nan"]
+    assert row.split()[:4] == ["a_rather_long_optimiser_file_name", "CartPole-v1", "0-1", "0"]
+    assert row.index("CartPole-v1") == head.index("env")  # the column starts where it says
+    assert row.index("CartPole-v1") > len("a_rather_long_optimiser_file_name")
+    for column in ("final_iqm", "run_s"):  # right-aligned numbers end under their header
+        end = head.index(column) + len(column)
+        assert row[end - 1] != " " and (end == len(row) or row[end] == " ")
+    assert "IQM trims nothing below 4 seeds" in note
