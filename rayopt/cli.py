@@ -336,6 +336,7 @@ def _discover(args: argparse.Namespace) -> int:
             discovery = Discovery.load(args.resume, overrides=weights)
             config = discovery.config
             preflight.check_static(config, args.resume)
+            preflight.check_resume(config, args.resume)
         else:
             overrides = list(args.overrides)
             if args.meta_seeds:

@@ -121,3 +121,41 @@ def test_evaluate_and_confirm_when_no_evaluator_fits(
     (run / "config.yaml").write_text(dump(tiny_discovery(**{"evaluator.num_gpus": 1.0})))
     line = _main_error(capsys, "confirm", str(run), "--address", ray_local)
     assert "no evaluator fits" in line and "GPU 1" in line
+
+
+def test_resume_refuses_a_run_made_with_another_ppo_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run journalled under ``truncation: bootstrap`` (the default before issue 13) whose
+    config.yaml does not name it would resume under ``terminate``: refused in one line,
+    saying what to add."""
+    import dataclasses
+    import json
+
+    from rayopt.results.journal import JournalWriter
+    from rayopt.search.preflight import check_resume
+
+    cfg = tiny_discovery()
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump(cfg))
+    ppo = dataclasses.asdict(cfg.ppo_config("CartPole-v1"))
+    row = dict(
+        row_type="evaluation",
+        stage="full",
+        run_id="tiny-ms0",
+        candidate_id="init-sign_update",
+        env="CartPole-v1",
+        seed=0,
+        status="ok",
+        final_return=10.0,
+    )
+    JournalWriter(run).write([dict(row, ppo_config=json.dumps(ppo))])
+    check_resume(cfg, run)  # the same config: fine
+    old = tmp_path / "older-run"
+    old.mkdir()
+    (old / "config.yaml").write_text(dump(cfg))
+    JournalWriter(old).write([dict(row, ppo_config=json.dumps(dict(ppo, truncation="bootstrap")))])
+    line = _main_error(capsys, "discover", "--resume", str(old))
+    assert "truncation: 'bootstrap'" in line and "truncation: 'terminate'" in line
+    assert "ppo.overrides" in line

@@ -530,11 +530,13 @@ async def run_sweep(
         head = f"[{time.monotonic() - t0:6.0f}s] {done}/{len(todo)} {point}"
         if out.ok:
             fr = np.asarray(out.final_return, float)
+            nan = int((~np.isfinite(fr)).sum())
             fr = fr[np.isfinite(fr)]
             iqm = float(metrics.aggregate_iqm(fr[:, None])) if fr.size else math.nan
             log(
-                f"{head}: final return IQM {iqm:.2f} over {len(w.seeds)} seeds "
-                f"(compile {out.compile_s:.0f}s, run {out.run_s:.0f}s)"
+                f"{head}: final return IQM {iqm:.2f} over {fr.size} seeds"
+                + (f" ({nan} NaN left out)" if nan else "")
+                + f" (compile {out.compile_s:.0f}s, run {out.run_s:.0f}s)"
             )
         else:
             failed += 1

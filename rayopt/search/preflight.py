@@ -8,6 +8,7 @@ checkpoint named by ``search.references``) is checked when it is loaded
 
 - :func:`check_static` (no Ray needed): the API-key variables the LLM roles name are set,
   the output directory can be written (and, for a new run, holds no run yet);
+- :func:`check_resume`: a resumed run's PPO config is the one its journal was made with;
 - :func:`check_cluster` (Ray initialised, no actor started): at least one evaluator fits
   the cluster as configured (``configs/paper.yaml`` asks for a GPU per evaluator).
 
@@ -67,6 +68,49 @@ def check_static(cfg: DiscoveryConfig, run_dir: str | os.PathLike | None = None)
     check_writable(run_dir if run_dir is not None else cfg.out_dir)
 
 
+def check_resume(cfg: DiscoveryConfig, run_dir: str | os.PathLike) -> None:
+    """A resumed run evaluates with the PPO config its journal was made with: the first
+    ``full`` evaluation journalled per env must match ``cfg.ppo_config(env)``. (A run
+    created before ``truncation: terminate`` became the default, whose config.yaml does
+    not name it, was made with ``bootstrap``: resuming it would mix the two.)"""
+    import dataclasses
+    import json
+
+    import pyarrow.compute as pc
+
+    from rayopt.results.journal import dataset, journal_dir
+
+    if not any(journal_dir(run_dir).glob("*.parquet")):
+        return
+    want = {env: dataclasses.asdict(cfg.ppo_config(env)) for env in cfg.envs}
+    seen: set[str] = set()
+    rows = dataset(run_dir).to_batches(
+        columns=["env", "ppo_config"],
+        filter=(pc.field("row_type") == "evaluation")
+        & (pc.field("stage") == "full")
+        & pc.field("ppo_config").is_valid(),
+    )
+    for batch in rows:
+        for env, text in zip(
+            batch["env"].to_pylist(), batch["ppo_config"].to_pylist(), strict=True
+        ):
+            if env in seen or env not in want:
+                continue
+            seen.add(env)
+            had = json.loads(text)
+            diff = sorted(k for k in want[env] if k in had and had[k] != want[env][k])
+            if diff:
+                was = ", ".join(f"{k}: {had[k]!r}" for k in diff)
+                now = ", ".join(f"{k}: {want[env][k]!r}" for k in diff)
+                raise ConfigError(
+                    f"{run_dir} was evaluated on {env} with {was}, its config.yaml now gives "
+                    f"{now} (a changed default); add {was} to ppo.overrides in its config.yaml "
+                    "to resume it as it was run"
+                )
+        if seen >= set(want):
+            return
+
+
 def check_cluster(cfg: Any) -> int:
     """Ray is initialised and at least one evaluator fits (``cfg`` has an ``evaluator``
     section: a DiscoveryConfig or a SweepConfig); returns how many will start."""
@@ -75,4 +119,4 @@ def check_cluster(cfg: Any) -> int:
     return evaluator_count(cfg)
 
 
-__all__ = ["check_cluster", "check_llm_keys", "check_static", "check_writable"]
+__all__ = ["check_cluster", "check_llm_keys", "check_resume", "check_static", "check_writable"]
