@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display on a cluster or in CI
@@ -91,9 +92,10 @@ def _grid(
     return fig, flat[:n]
 
 
-def _legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
-    if handles:  # constrained layout makes room below the panels
-        fig.legend(
+def _legend(fig: Any, handles: list[Any], labels: list[str], note: str = "") -> None:
+    """The legend below the panels (constrained layout makes room), ``note`` as its title."""
+    if handles:
+        legend = fig.legend(
             handles,
             labels,
             loc="outside lower center",
@@ -101,6 +103,9 @@ def _legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
             frameon=False,
             fontsize=8,
         )
+        if note:  # as the legend's title: inside the layout, never over the entries
+            legend.set_title(note, prop={"size": 7})
+            legend.get_title().set_color("#a00")
 
 
 # ------------------------------------------------------------------ Fig. 2
@@ -195,10 +200,7 @@ def sweep_figure(
     if title:
         fig.suptitle(title)
     labels = [n for n in names if n in handles]
-    _legend(fig, [handles[n] for n in labels], labels)
-    note = small_n_note(table)
-    if note:
-        fig.supxlabel(note, fontsize=7, color="#a00")
+    _legend(fig, [handles[n] for n in labels], labels, small_n_note(table))
     return save(fig, path_stem)
 
 
@@ -252,22 +254,19 @@ def _bars(
         d = t[t["optimizer"] == n].set_index("axis_value").reindex(values)
         x = np.arange(len(values)) + (j - (len(present) - 1) / 2) * width
         iqm = d["iqm"].to_numpy(float)
-        err = np.vstack([iqm - d["ci_low"].to_numpy(float), d["ci_high"].to_numpy(float) - iqm])
-        bars = ax.bar(
-            x,
-            iqm,
-            width=width,
-            color=colour[n],
-            yerr=np.nan_to_num(err),
-            capsize=2,
-            error_kw=dict(lw=0.8),
-        )
+        lo, hi = d["ci_low"].to_numpy(float), d["ci_high"].to_numpy(float)
+        bars = ax.bar(x, iqm, width=width, color=colour[n])
+        has_ci = np.isfinite(lo) & np.isfinite(hi)  # whiskers only where there is an interval
+        if has_ci.any():
+            m = iqm[has_ci]
+            err = np.vstack([m - lo[has_ci], hi[has_ci] - m])
+            ax.errorbar(x[has_ci], m, yerr=err, fmt="none", ecolor="black", lw=0.8, capsize=2)
         if "n" in d:  # no interval below MIN_SEEDS_CI seeds: a hatched bar says so
             for bar, k in zip(bars, d["n"].fillna(0).to_numpy(int), strict=True):
                 if k < MIN_SEEDS_CI:
                     bar.set_hatch("///")
                     bar.set_edgecolor("white")
-        handles.setdefault(n, bars)
+        handles.setdefault(n, matplotlib.patches.Patch(color=colour[n]))
     show_ticks = axis in ("activation",)
     ax.set_xticks(np.arange(len(values)))
     ax.set_xticklabels(values if show_ticks else ["" for _ in values])
