@@ -113,6 +113,7 @@ def test_evaluate_and_confirm_when_no_evaluator_fits(
         capsys, "evaluate", "--address", ray_local, "--out", str(out), "evaluator.num_gpus=1"
     )
     assert "no evaluator fits" in line and "GPU 1" in line
+    assert not out.exists()  # nothing written
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     assert "not a directory" in _main_error(capsys, "evaluate", "--out", str(a_file), "seeds=1")

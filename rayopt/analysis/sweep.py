@@ -564,6 +564,9 @@ def sweep(
     out = check_writable(out_dir)
     optimizers = resolve_optimizers(cfg.optimizers, cfg.open_weights)
     todo, skipped, created = plan(cfg, optimizers, out)
+    if todo:  # Ray, and an evaluator that fits, before anything is written
+        init_ray(cfg.address)
+        check_cluster(cfg)  # else one line (a ConfigError), before any actor starts
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(cfg, optimizers, out)
     seeds_left = sum(len(w.seeds) for w in todo)
@@ -575,8 +578,6 @@ def sweep(
     summary = dict(out=str(out), sweep=cfg.name, skipped=skipped, evaluated=0, failed=0, rows=0)
     if not todo:
         return summary
-    init_ray(cfg.address)
-    check_cluster(cfg)  # one evaluator fits, or a one-line error before any actor starts
     actors = start_evaluators(cfg)  # reads only cfg.evaluator
     try:
         pool = EvaluatorPool(actors, max_attempts=cfg.max_eval_attempts)
