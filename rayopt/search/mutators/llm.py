@@ -347,7 +347,7 @@ class LLMMutator:
                 idea = Idea(suggestion=request.repair.idea)
                 failed = (
                     request.repair.code,
-                    f"the code raised when PPO ran it: {request.repair.error}",
+                    f"the code failed when PPO ran it: {request.repair.error}",
                 )
             else:
                 idea, error = await self._think(request, calls)
