@@ -4,9 +4,9 @@ x seeds, trained on Ray evaluators and journalled like discovery (stage ``sweep`
 A sweep is resumable: an (optimizer, env, axis value, seed) that already has an ``ok``,
 ``nonfinite``, ``timeout`` or ``memory`` row for this sweep in the output directory is not
 trained again (failed ones are retried; a timeout never is). Evaluations are bounded as in
-discovery (``evaluator.max_slowdown``, docs/program.md). Rows carry ``sweep``, ``axis``, ``axis_value`` and the axis columns
-(``total_timesteps``, ``hidden_size``, ``activation``, ``env``), so analysis needs
-nothing but the journal. See docs/analysis.md.
+discovery (``evaluator.max_slowdown``, docs/program.md). Rows carry ``sweep``, ``axis``,
+``axis_value`` and the axis columns (``total_timesteps``, ``hidden_size``,
+``activation``, ``env``), so analysis needs nothing but the journal. See docs/analysis.md.
 
 Optimisers are named as ``rayopt evaluate`` always named them (``adam``, ``open``,
 ``discovered_1``, a ``.py`` file), or taken from a discovery run:

@@ -23,7 +23,6 @@ from rayopt.search.mutators.actor import Checked, MutatorPool
 from rayopt.search.mutators.base import MutationRequest, MutationResult
 from rayopt.search.state import Lineage, RunJournal, Search, Spend, Verdict, failed_step
 
-
 #: Verdict kinds whose code goes back to the coder to be fixed: it raised under PPO, or
 #: it was stopped for its cost at real shapes (a deadline, the speed screen, memory).
 REPAIRABLE = ("evaluation", "timeout", "too_slow", "memory")
