@@ -231,3 +231,59 @@ def test_library_and_open_never_trip_the_default_limit(bounded_pool, tmp_path):
     slow = {o.task.key: (o.error_kind, o.slowdown) for o in outs if not o.ok}
     assert not slow
     assert all(o.slowdown < 10.0 for o in outs), {o.task.key: o.slowdown for o in outs}
+
+
+def test_calls_of_a_proposal_whose_mutator_died_are_accounted(ray_local):
+    """The mutator's process dies after the thinker's reply (SIGKILL while the coder
+    waits): Ray restarts the actor and retries the proposal, and the retry returns the
+    lost attempt's call with its cost; seeds make the retry ask the same questions."""
+    import os
+    import signal
+
+    from rayopt.search.mutators.actor import MutatorActor
+    from rayopt.search.mutators.base import MutationRequest, Scored
+
+    state = {"pid": None, "coder": 0}
+    lock = threading.Lock()
+
+    def responder(seen: Seen) -> object:
+        if "propose iterative refinements" in seen.json["messages"][0]["content"]:
+            return openai_completion(json.dumps({"thought": "t", "suggestion": GOOD_IDEA}))
+        with lock:
+            state["coder"] += 1
+            first = state["coder"] == 1
+        if first:  # the mutator dies while it waits for this reply
+            os.kill(state["pid"], signal.SIGKILL)
+        return openai_completion(json.dumps({"code": GOOD_CODE}))
+
+    with FakeLLMServer(responder=responder) as server:
+        role = dict(
+            provider="openai_compatible",
+            base_url=server.url + "/v1",
+            model="fake-model",
+            api_key_env=E2E_KEY_ENV,
+            timeout_s=10,
+        )
+        llm = dict(
+            thinker=role,
+            coder=role,
+            max_retries=0,
+            price_table={"fake-model": {"input": 1.0, "output": 2.0}},
+        )
+        actor = MutatorActor.options(max_concurrency=4).remote("llm", llm)
+        state["pid"] = ray.get(actor.pid.remote())
+        current = Scored("cur", SYMBOLIC["sign_update"], {"CartPole-v1": 10.0}, {})
+        request = MutationRequest(current, (), (), seed=0, run_id="r", generation=1, step=1)
+        checked = ray.get(actor.propose.remote(request), timeout=120)
+        requests = list(server.requests)
+        ray.kill(actor, no_restart=True)
+
+    assert checked.ok and checked.result.code.strip() == GOOD_CODE.strip()
+    (lost,) = checked.lost_calls
+    assert lost.role == "thinker" and not lost.ok and lost.cost_usd > 0
+    assert lost.error.startswith("lost: the mutator process died")
+    assert [c.role for c in checked.result.calls] == ["thinker", "coder"]
+    thinker = [r.json for r in requests if "propose iterative" in r.json["messages"][0]["content"]]
+    assert len(thinker) == 2 and thinker[0]["seed"] == thinker[1]["seed"]  # asked the same
+    coder = [r.json for r in requests if r.json not in thinker]
+    assert all(isinstance(r.get("seed"), int) for r in coder)

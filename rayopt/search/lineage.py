@@ -192,9 +192,9 @@ class LineageRunner:
                 mutator=res.mutator,
                 parent_id=current.id,
             )
-            for c in res.calls
+            for c in (*checked.lost_calls, *res.calls)
         ]
-        self.spend.cost_usd += res.cost_usd
+        self.spend.cost_usd += res.cost_usd + sum(c.cost_usd for c in checked.lost_calls)
         if not res.ok:
             s.dropped += 1
             self.journal.write(
