@@ -287,3 +287,23 @@ def test_calls_of_a_proposal_whose_mutator_died_are_accounted(ray_local):
     assert len(thinker) == 2 and thinker[0]["seed"] == thinker[1]["seed"]  # asked the same
     coder = [r.json for r in requests if r.json not in thinker]
     assert all(isinstance(r.get("seed"), int) for r in coder)
+
+
+def test_dry_run_probe_at_the_largest_real_kernel():
+    """Traced (not run) at Freeway's (700, 64) kernel, Table 1's largest: the outer
+    product is 44,800^2 floats, rejected as ``memory`` before any evaluator sees it;
+    the paper's optimisers pass."""
+    from slow_programs import OUTER
+
+    from rayopt.program import check_shapes
+    from rayopt.rl.ppo import largest_kernel
+
+    minatar = ["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar"]
+    shape = largest_kernel([config_for(e) for e in minatar])
+    assert shape == (700, 64)
+    assert check(OUTER).ok  # the small probe cannot tell
+    error = check_shapes(OUTER, [shape])
+    assert error.kind == "memory" and "(44800, 44800)" in error.message
+    assert "real shape (700, 64)" in error.message
+    for name, code in SYMBOLIC.items():
+        assert check_shapes(code, [shape, (1024, 1024)]) is None, name

@@ -120,10 +120,15 @@ class Discovery:
             )
         if self.mutators is None:
             llm = dict(cfg.mutator.llm)
+            from rayopt.rl.ppo import largest_kernel
+
+            # the dry run probes small tensors; proposals are also traced at the largest
+            # real kernel of the configured networks (sizes only: docs/program.md)
+            shape = largest_kernel([cfg.ppo_config(e) for e in cfg.envs])
             actors = [
                 MutatorActor.options(
                     max_concurrency=cfg.mutator.proposals_per_actor, **control_options()
-                ).remote(cfg.mutator.kind, llm, cfg.mutator.offline_style)
+                ).remote(cfg.mutator.kind, llm, cfg.mutator.offline_style, probe_shapes=(shape,))
                 for _ in range(cfg.mutator.actors)
             ]
             self._owned += actors

@@ -66,28 +66,34 @@ def make_mutator(kind: str, llm: dict[str, Any] | None = None, style: str = "mot
     raise ValueError(f"unknown mutator kind {kind!r}")
 
 
-def check_proposal(result: MutationResult, parent_code: str) -> Checked:
+def check_proposal(
+    result: MutationResult, parent_code: str, shapes: tuple[tuple[int, ...], ...] = ()
+) -> Checked:
     """Validate and fingerprint a proposal's code; count the literals it introduced.
 
     A candidate is checked once on its way to the driver: when the mutator already
     checked this code with a dry run (``result.check``), that result is used; otherwise
     (no check carried, a static-only one, or one for other code) ``rayopt.program.check``
-    runs here.
+    runs here. ``shapes``: the networks' real kernel shapes (the largest the config has),
+    at which the program is traced too (``rayopt.program.check_shapes``).
     """
-    from rayopt.program import check, introduced
+    from rayopt.program import check, check_shapes, introduced
 
     if not result.ok or not result.code:
         return Checked(result)
     c = carried_check(result)
     if c is None:
         c = check(result.code, dry_run=True, timeout=10.0)
-    if not c.ok:
+    error = c.error
+    if c.ok and shapes:  # the probe at the networks' real shapes (sizes, nothing runs)
+        error = check_shapes(result.code, list(shapes))
+    if error is not None:
         return Checked(
             result,
             ok=False,
-            error_kind=c.error.kind,
-            error_line=c.error.line,
-            error=c.error.message,
+            error_kind=error.kind,
+            error_line=error.line,
+            error=error.message,
             code_hash=c.hash,
         )
     return Checked(
@@ -176,8 +182,10 @@ class MutatorActor:
         llm: dict[str, Any] | None = None,
         style: str = "motifs",
         spool_dir: str | None = None,
+        probe_shapes: tuple[tuple[int, ...], ...] = (),
     ):
         self.mutator = make_mutator(kind, llm, style)
+        self.probe_shapes = tuple(tuple(s) for s in probe_shapes)
         actor_id = ray.get_runtime_context().get_actor_id()
         self.spool = CallSpool(
             spool_dir or Path(tempfile.gettempdir()) / "rayopt-call-spool" / actor_id
@@ -193,7 +201,9 @@ class MutatorActor:
             result = await self.mutator.propose(request)
         finally:
             CALL_SINK.reset(token)
-        checked = await asyncio.to_thread(check_proposal, result, request.current.code)
+        checked = await asyncio.to_thread(
+            check_proposal, result, request.current.code, self.probe_shapes
+        )
         self.spool.done(key)
         return dataclasses.replace(checked, lost_calls=lost) if lost else checked
 
