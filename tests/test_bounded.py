@@ -162,6 +162,7 @@ def test_llm_discovery_whose_coder_writes_a_slow_program(ray_local, tmp_path):
                 # the screening run completes (a generous floor), the speed screen judges
                 "evaluator.max_slowdown": 3.0,
                 "evaluator.deadline_floor_s": 30.0,
+                "cascade.speed_updates": 2,
                 "cascade.speed_floor_s": 0.1,
                 "cascade.random_margin": 0.0,
             }

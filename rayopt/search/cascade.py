@@ -298,7 +298,7 @@ class Cascade:
             if memo not in self._memo:
                 self._memo[memo] = asyncio.ensure_future(self.evaluators.run(task))
             out = await asyncio.shield(self._memo[memo])
-            if not out.ok:
+            if not out.ok and out.error_kind not in ("timeout", "memory"):
                 self._memo.pop(memo, None)  # a failure is not memoised: it may be bad luck
         self.journal.write(s, outcome_rows(out, where, stage="full"))
         if out.ok:
