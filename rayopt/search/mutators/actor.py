@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from rayopt.search.mutators.base import (
-    CALL_SINK,
     CallRecord,
     MutationRequest,
     MutationResult,
@@ -194,13 +193,15 @@ class MutatorActor:
     async def propose(self, request: MutationRequest) -> Checked:
         import asyncio
 
+        from rayopt.search.mutators import base  # (a ContextVar does not pickle)
+
         key = request_key(request)
         lost = tuple(lost_call(r) for r in self.spool.lost(key))
-        token = CALL_SINK.set(lambda record: self.spool.append(key, record))
+        token = base.CALL_SINK.set(lambda record: self.spool.append(key, record))
         try:
             result = await self.mutator.propose(request)
         finally:
-            CALL_SINK.reset(token)
+            base.CALL_SINK.reset(token)
         checked = await asyncio.to_thread(
             check_proposal, result, request.current.code, self.probe_shapes
         )
