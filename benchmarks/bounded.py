@@ -1,12 +1,12 @@
 """Bounded evaluations (issue 12): what the bounds cost and whether sane optimisers fit.
 
-1. Slowdown table: run time of Adam, the paper's 7 symbolic optimisers and OPEN (and of
-   the issue's slow programs, stopped at the default deadline) over Adam's, for the same
-   PPO config and seeds layout, compiled as the evaluator compiles them (best of
-   ``--reps`` runs after a first one).
-2. Time from a deadline to a free evaluator: a bounded pool on a real Ray evaluator runs
-   a program far slower than Adam; from the moment the deadline fires to the restarted
-   evaluator answering (ray.kill, Ray's restart, JAX's import).
+1. Slowdown table: run time of Adam, the paper's 7 symbolic optimisers and OPEN over
+   Adam's, for the same PPO config and seeds layout, compiled as the evaluator compiles
+   them (best of ``--reps`` runs after a first one).
+2. Time from a deadline to a free evaluator: a bounded pool (max_slowdown 10, a 5 s
+   floor) on a real Ray evaluator runs the issue's 16 chained (512, 512) matmuls; from
+   the moment the deadline fires to the restarted evaluator answering (ray.kill, Ray's
+   restart, JAX's import), then a sane evaluation on it.
 3. The speed screen's cost against a full evaluation (compile + a few updates, one seed,
    vs compile + the whole budget, all seeds), measured at the quickstart's budget and
    extrapolated from the measured per-update time to Table 1's 1e7 steps x 8 seeds.
