@@ -110,6 +110,11 @@ class CascadeSection:
     total_timesteps: int = 10_240
     seeds: int = 1
     random_margin: float = 0.5
+    # The speed screen: speed_updates PPO updates of the candidate on every training env's
+    # real network (after compile), timed against Adam's on the same evaluator; slower than
+    # evaluator.max_slowdown x Adam + speed_floor_s ends it as `too_slow`. 0: no screen.
+    speed_updates: int = 2
+    speed_floor_s: float = 1.0
 
 
 @dataclasses.dataclass
@@ -160,6 +165,27 @@ class EvaluatorSection:
     placement_timeout_s: float = 600.0  # give up if the placement group is not placed by then
     run_ahead: float = 1.0  # lineages beyond what keeps every slot busy (lineages_per_island=0)
     fast_compile: bool = True  # CPU only: unoptimised XLA, for tiny budgets (screening always)
+    # Bounded evaluations (docs/program.md): an evaluation may run max_slowdown x the time
+    # Adam takes for the same (env, PPO config, seeds) on the same evaluator (measured once)
+    # plus deadline_floor_s; past it the evaluator process is killed (Ray restarts it) and
+    # the evaluation journalled as `timeout`. 0 turns the deadline off. Measured (CPU):
+    # the paper's 7 optimisers are 0.9-1.9x Adam and OPEN ~4.3x (benchmarks/bounded.py).
+    max_slowdown: float = 10.0
+    deadline_floor_s: float = 60.0
+    compile_timeout_s: float = 900.0  # compiling one evaluation (and its memory check)
+    # XLA's memory analysis of the compiled evaluation against this budget (`memory`
+    # past it); 0: from the device (GPU: its memory limit, CPU: half the host's RAM).
+    memory_budget_mb: float = 0.0
+
+
+def evaluator_checks(ev: EvaluatorSection) -> list[tuple[bool, str]]:
+    """Range checks of the evaluation bounds (discovery and sweeps)."""
+    return [
+        (ev.max_slowdown == 0 or ev.max_slowdown >= 1, "evaluator.max_slowdown must be 0 or >= 1"),
+        (ev.deadline_floor_s >= 0, "evaluator.deadline_floor_s must be >= 0"),
+        (ev.compile_timeout_s > 0, "evaluator.compile_timeout_s must be > 0"),
+        (ev.memory_budget_mb >= 0, "evaluator.memory_budget_mb must be >= 0"),
+    ]
 
 
 @dataclasses.dataclass
@@ -219,9 +245,16 @@ class DiscoveryConfig:
             )
         except ValueError as err:
             raise ConfigError(f"cascade: {err}") from None
-        for name in self.search.initial:
-            if name not in LIBRARY or name == "open" or name.startswith("adam"):
-                raise ConfigError(f"search.initial: {name!r} is not a symbolic library optimiser")
+        for i, name in enumerate(self.search.initial):
+            if name.endswith(".py"):  # a program of one's own joins the initial archive
+                path = Path(name).expanduser().resolve()
+                if not path.is_file():
+                    raise ConfigError(f"search.initial: optimiser file {name} does not exist")
+                self.search.initial[i] = str(path)  # absolute: a resume may start elsewhere
+            elif name not in LIBRARY or name == "open" or name.startswith("adam"):
+                raise ConfigError(
+                    f"search.initial: {name!r} is not a symbolic library optimiser or a .py file"
+                )
         if self.open_weights:  # absolute: a resume (and a Ray worker) may start elsewhere
             self.open_weights = str(Path(self.open_weights).expanduser().resolve())
         for name in self.search.references:
@@ -267,6 +300,9 @@ class DiscoveryConfig:
                 "evaluator.resources: use evaluator.num_cpus / num_gpus for CPU and GPU",
             ),
             (self.evaluator.placement_timeout_s > 0, "evaluator.placement_timeout_s must be > 0"),
+            *evaluator_checks(self.evaluator),
+            (self.cascade.speed_updates >= 0, "cascade.speed_updates must be >= 0"),
+            (self.cascade.speed_floor_s >= 0, "cascade.speed_floor_s must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,11 +1,12 @@
 """Generalisation sweeps (paper §7-8): optimisers x environments x one swept PPO setting
 x seeds, trained on Ray evaluators and journalled like discovery (stage ``sweep``).
 
-A sweep is resumable: an (optimizer, env, axis value, seed) that already has an ``ok``
-or ``nonfinite`` row for this sweep in the output directory is not trained again (failed
-ones are retried). Rows carry ``sweep``, ``axis``, ``axis_value`` and the axis columns
-(``total_timesteps``, ``hidden_size``, ``activation``, ``env``), so analysis needs
-nothing but the journal. See docs/analysis.md.
+A sweep is resumable: an (optimizer, env, axis value, seed) that already has an ``ok``,
+``nonfinite``, ``timeout`` or ``memory`` row for this sweep in the output directory is not
+trained again (failed ones are retried; a timeout never is). Evaluations are bounded as in
+discovery (``evaluator.max_slowdown``, docs/program.md). Rows carry ``sweep``, ``axis``,
+``axis_value`` and the axis columns (``total_timesteps``, ``hidden_size``,
+``activation``, ``env``), so analysis needs nothing but the journal. See docs/analysis.md.
 
 Optimisers are named as ``rayopt evaluate`` always named them (``adam``, ``open``,
 ``discovered_1``, a ``.py`` file), or taken from a discovery run:
@@ -37,7 +38,7 @@ import numpy as np
 import pyarrow.compute as pc
 import yaml
 
-from rayopt.config import ConfigError, EvaluatorSection, load, to_dict
+from rayopt.config import ConfigError, EvaluatorSection, evaluator_checks, load, to_dict
 from rayopt.optim import OptimiserSpec, resolve
 from rayopt.rl.envs import REGISTRY, parse_envs
 from rayopt.rl.ppo import PPOConfig, config_for
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from rayopt.analysis.population import Population
 
 AXES = ("none", "total_timesteps", "hidden_size", "activation", "env")
+#: Row statuses a resumed sweep never trains again: results, and the bounded ends (an
+#: evaluation stopped at its deadline or over the memory budget would end so again).
+DECIDED = ("ok", "nonfinite", "timeout", "memory")
 #: the in-distribution value of each PPO axis when neither the config nor Table 1 says
 IN_DISTRIBUTION = {"total_timesteps": 10_000_000, "hidden_size": 64, "activation": "relu"}
 
@@ -104,6 +108,9 @@ class SweepConfig:
             raise ConfigError("seed_offset must be >= 0")
         if self.seeds_per_task < 0 or self.max_eval_attempts < 1:
             raise ConfigError("seeds_per_task must be >= 0 and max_eval_attempts >= 1")
+        for ok, message in evaluator_checks(self.evaluator):
+            if not ok:
+                raise ConfigError(message)
         try:
             envs = list(parse_envs(self.envs))
         except ValueError as err:
@@ -372,7 +379,7 @@ def _existing(
             (
                 (pc.field("row_type") == "evaluation")
                 & (pc.field("stage") == stage)
-                & pc.field("status").isin(["ok", "nonfinite"])
+                & pc.field("status").isin(list(DECIDED))
             )
             | ((pc.field("row_type") == "event") & (pc.field("event") == "created"))
         ),
@@ -508,6 +515,7 @@ async def run_sweep(
     journal.write(_created_rows(cfg, optimizers, created))
     t0 = time.monotonic()
     done = failed = 0
+    stopped = {"timeout": 0, "memory": 0}
     axis = None if cfg.axis == "none" else cfg.axis
 
     async def one(w: Work) -> None:
@@ -540,12 +548,15 @@ async def run_sweep(
             )
         else:
             failed += 1
+            if out.error_kind in ("timeout", "memory"):
+                stopped[out.error_kind] += 1
             log(f"{head}: FAILED ({out.error_kind}) {out.error}")
 
     await asyncio.gather(*(one(w) for w in todo))
     return dict(
         evaluated=done - failed,
         failed=failed,
+        **stopped,
         rows=journal.rows_written,
         wall_s=round(time.monotonic() - t0, 1),
     )
@@ -557,7 +568,7 @@ def sweep(
     """Plan, then (if anything is left) start Ray evaluators and run the sweep."""
 
     from rayopt.results.journal import compact
-    from rayopt.search.evaluator import EvaluatorPool
+    from rayopt.search.evaluator import Bounds, EvaluatorPool
     from rayopt.search.fleet import init_ray, start_evaluators
     from rayopt.search.preflight import check_cluster, check_writable
 
@@ -580,7 +591,9 @@ def sweep(
         return summary
     actors = start_evaluators(cfg)  # reads only cfg.evaluator
     try:
-        pool = EvaluatorPool(actors, max_attempts=cfg.max_eval_attempts)
+        pool = EvaluatorPool(
+            actors, max_attempts=cfg.max_eval_attempts, bounds=Bounds.from_config(cfg.evaluator)
+        )
         summary.update(asyncio.run(run_sweep(cfg, optimizers, out, todo, pool, log, created)))
         compact(out)  # one file instead of one per evaluation: fast to analyse
     finally:

@@ -2,6 +2,8 @@
 
 - :func:`check`: the one entry point (validate, literal audit, canonical hash, and a
   sandboxed dry run giving a behavioural fingerprint) -> :class:`CheckResult`.
+- :func:`check_shapes`: the same program traced at the networks' real shapes (sizes
+  only, nothing runs): what the small probe cannot see.
 - :func:`validate`: static checks only -> :class:`ProgramError` or ``None``.
 - :func:`canonical_hash`, :func:`fingerprint`: same code / same behaviour.
 - :func:`introduced`: tunable literals a child adds over its parent.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from rayopt.program.audit import Audit, Literal, audit, introduced, literals
 from rayopt.program.canonical import canonical_hash, canonical_source, fingerprint
-from rayopt.program.check import CheckResult, check
+from rayopt.program.check import CheckResult, check, check_shapes
 from rayopt.program.errors import KINDS, InvalidProgram, ProgramError
 from rayopt.program.loader import load_checked
 from rayopt.program.validate import validate
@@ -31,6 +33,7 @@ __all__ = [
     "canonical_hash",
     "canonical_source",
     "check",
+    "check_shapes",
     "fingerprint",
     "introduced",
     "literals",

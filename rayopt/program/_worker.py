@@ -121,12 +121,16 @@ def main(argv: list[str]) -> int:
         _limit_cpu(float(job.get("timeout", 10.0)))
         t0 = time.perf_counter()
         try:
-            error, fp = dryrun.run(
-                job["code"],
-                array_cap=array_cap,
-                total_cap=total_cap,
-                hint_budget=float(job.get("timeout", 10.0)) / 3,
-            )
+            if job.get("shapes") is not None:  # only the real-shape trace (no run)
+                error = dryrun.check_shapes(job["code"], job["shapes"], array_cap=array_cap)
+                fp = None
+            else:
+                error, fp = dryrun.run(
+                    job["code"],
+                    array_cap=array_cap,
+                    total_cap=total_cap,
+                    hint_budget=float(job.get("timeout", 10.0)) / 3,
+                )
         except MemoryError:
             error, fp = (
                 ProgramError(

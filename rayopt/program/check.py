@@ -85,3 +85,17 @@ def check(code: str, *, dry_run: bool = True, timeout: float = 10.0) -> CheckRes
 
     outcome = run(code, timeout=timeout)
     return result(outcome.error, outcome.fingerprint)
+
+
+def check_shapes(
+    code: str, shapes: list[tuple[int, ...]], *, timeout: float = 10.0
+) -> ProgramError | None:
+    """The dry run's probe at the networks' real shapes (e.g. the largest kernel of the
+    configured networks): trace ``code`` there, sandboxed, and size its intermediates;
+    a ``memory`` error for an array no real network can afford, None if it fits (or
+    for no shapes). Run after :func:`check` passed."""
+    if not shapes:
+        return None
+    from rayopt.program.sandbox import shape_check
+
+    return shape_check(code, shapes, timeout=timeout).error

@@ -433,6 +433,60 @@ def run(
     return None, digest_outputs(case_outs[0][step] for step in range(STEPS) for case_outs in outs)
 
 
+def check_shapes(
+    code: str, shapes: list[tuple[int, ...]], *, array_cap: int = ARRAY_CAP
+) -> ProgramError | None:
+    """Trace ``code`` at each of ``shapes`` (the networks' real kernels; nothing runs or
+    compiles) and size every intermediate, so a program that is cheap on the probe but
+    builds an enormous array at a real shape (an outer product of a flattened
+    (700, 64) kernel is 44,800^2 floats) is ``memory`` here. The cap at a shape is the
+    probe's, or 16 x the tensor's own size if that is more."""
+    try:
+        fn, ret = load(code)
+    except InvalidProgram as e:
+        return e.error
+    for shape in shapes:
+        shape = tuple(int(n) for n in shape)
+        f32 = jax.ShapeDtypeStruct(shape, jnp.float32)
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        args = (
+            f32,
+            f32,
+            f32,
+            f32,
+            jax.ShapeDtypeStruct((), jnp.int32),
+            jax.ShapeDtypeStruct(shape[-1:], jnp.float32),
+            scalar,
+            scalar,
+            scalar,
+            jax.ShapeDtypeStruct((2,), jnp.uint32),
+        )
+        case = Case(f"{shape} kernel (a real shape)", shape, 1.0)
+
+        def one(w, g, var1, var2, t, d, t_p, b_p, l_p, key, case=case):
+            return _check_outputs(fn(w, g, var1, var2, t, d, t_p, b_p, l_p, key), w, case, ret)
+
+        try:
+            traced = jax.jit(one).trace(*args)
+        except Reject as e:
+            return e.error
+        except BaseException as e:  # noqa: BLE001 - anything the program raises
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            return runtime_error(e)
+        cap = max(array_cap, 16 * 4 * math.prod(shape))
+        error = check_array_sizes(traced.jaxpr, cap)
+        if error is not None:
+            return ProgramError(
+                error.kind,
+                error.line,
+                f"At the networks' real shape {shape} (the probe's are smaller): {error.message}"[
+                    :300
+                ],
+            )
+    return None
+
+
 def warm_up() -> None:
     """Compile something once so the first real job does not pay JAX's start-up."""
     from rayopt.optim.library import GRADIENT_STEP

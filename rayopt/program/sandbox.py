@@ -249,9 +249,13 @@ class Sandbox:
         return error
 
     # ------------------------------------------------------------ public
-    def run(self, code: str, timeout: float = 10.0) -> DryRun:
+    def run(
+        self, code: str, timeout: float = 10.0, shapes: list[tuple[int, ...]] | None = None
+    ) -> DryRun:
         """Dry-run ``code`` in the worker; ``timeout`` bounds tracing, compiling and
-        running (seconds of wall time, not counting the worker's own start-up)."""
+        running (seconds of wall time, not counting the worker's own start-up). With
+        ``shapes``, only trace it at those (real) shapes and size its arrays
+        (``dryrun.check_shapes``)."""
         with self._lock:
             self._adopt()
             t0 = time.monotonic()
@@ -259,6 +263,8 @@ class Sandbox:
             if error is not None:
                 return DryRun(error, None, time.monotonic() - t0)
             job = {"id": next(self._ids), "code": code, "timeout": timeout}
+            if shapes is not None:
+                job["shapes"] = [list(map(int, sh)) for sh in shapes]
             try:
                 self._send(job)
             except OSError:  # died while idle: not this program's fault, start over
@@ -367,6 +373,11 @@ def default_sandbox() -> Sandbox:
             _default = Sandbox()
             atexit.register(_default.close)
         return _default
+
+
+def shape_check(code: str, shapes: list[tuple[int, ...]], *, timeout: float = 10.0) -> DryRun:
+    """Trace ``code`` at real ``shapes`` in the process-wide sandbox (no run)."""
+    return default_sandbox().run(code, timeout=timeout, shapes=list(shapes))
 
 
 def dry_run(code: str, *, timeout: float = 10.0) -> DryRun:

@@ -39,7 +39,10 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     # one evaluation
     "env": (pa.string(), "environment id"),
     "seed": (pa.int32(), "PPO seed"),
-    "stage": (pa.string(), "screen (cascade short run) | full | sweep"),
+    "stage": (
+        pa.string(),
+        "screen (cascade short run) | speed (speed screen) | full | sweep | confirm",
+    ),
     "final_return": (pa.float64(), "last point of the return curve"),
     "auc": (pa.float64(), "mean of the return curve (area normalised by its length)"),
     "return_curve": (pa.list_(pa.float32()), "mean episodic return per PPO update"),
@@ -53,8 +56,16 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "node": (pa.string(), "Ray node id of the evaluator"),
     "evaluator": (pa.string(), "evaluator actor id"),
     "attempt": (pa.int32(), "1-based attempt number"),
+    "slowdown": (
+        pa.float64(),
+        "run time over Adam's for the same config, seeds and evaluator (bounded pools; a "
+        "lower bound when status is timeout)",
+    ),
     # outcomes
-    "status": (pa.string(), "ok | nonfinite | failed | ... (rows of one kind agree)"),
+    "status": (
+        pa.string(),
+        "ok | nonfinite | failed | timeout | too_slow | memory | ... (rows of one kind agree)",
+    ),
     "error_kind": (pa.string(), "structured error kind (syntax, forbidden, shape, timeout, ...)"),
     "error_line": (pa.int32(), "line of the error in the code, when known"),
     "error": (pa.string(), "short error message"),

@@ -51,6 +51,45 @@ def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
     return _TRAINERS[key]
 
 
+#: The trainer :func:`prepare` compiled for the next :func:`evaluate` of the same
+#: (optimiser, config), with its compile seconds (one at a time: an evaluator runs one
+#: evaluation at a time).
+_PREPARED: dict[tuple[OptimiserSpec, PPOConfig], tuple[Trainer, float]] = {}
+
+
+def _trainer(spec: OptimiserSpec, config: PPOConfig, keep: bool) -> Trainer:
+    if (spec, config) in _PREPARED:
+        return _PREPARED[(spec, config)][0]
+    if keep:
+        return trainer_for(spec, config)
+    return _TRAINERS.get((spec, config)) or make_train(config, build(spec, config.max_grad_norm))
+
+
+def prepare(
+    spec: OptimiserSpec,
+    config: PPOConfig,
+    seeds: Sequence[int],
+    fast_compile: bool = False,
+    keep: bool = True,
+) -> tuple[float, dict[str, int] | None]:
+    """Compile the evaluation :func:`evaluate` is about to run, without running it:
+    (seconds compiling, XLA's memory analysis of the executable: temp, argument, output
+    and total bytes over the devices it uses; None where the backend has none). The
+    compiled trainer is kept for that :func:`evaluate` (and :func:`release` drops it)."""
+    from rayopt.rl.execution import compile_seeds, memory_bytes
+
+    _PREPARED.clear()
+    trainer = _trainer(spec, config, keep)
+    compiled, compile_s, layout = compile_seeds(trainer, len(seeds), fast_compile=fast_compile)
+    _PREPARED[(spec, config)] = (trainer, compile_s)
+    return compile_s, memory_bytes(compiled, layout[0])
+
+
+def release() -> None:
+    """Forget what :func:`prepare` compiled (an evaluation that will not run)."""
+    _PREPARED.clear()
+
+
 def evaluate(
     spec: OptimiserSpec,
     config: PPOConfig,
@@ -63,14 +102,12 @@ def evaluate(
     ``keep`` caches the compiled trainer for the next evaluation of (``spec``,
     ``config``). ``keep=False`` (a discovery candidate, evaluated once per config) uses a
     cached trainer if there is one but never adds one: its executable would only hold
-    memory, and would evict trainers that are reused.
+    memory, and would evict trainers that are reused. A trainer :func:`prepare` compiled
+    for this (``spec``, ``config``) is used (and its compile time reported).
     """
-    if keep:
-        trainer = trainer_for(spec, config)
-    else:
-        trainer = _TRAINERS.get((spec, config)) or make_train(
-            config, build(spec, config.max_grad_norm)
-        )
+    trainer = _trainer(spec, config, keep)
+    prepared_s = _PREPARED.pop((spec, config), (None, 0.0))[1]
+    _PREPARED.clear()
     result = train_seeds(trainer, seeds, fast_compile=fast_compile)
     m = result.metrics
     return EnvResult(
@@ -81,7 +118,7 @@ def evaluate(
         auc=m.auc,
         return_curve=m.return_curve,
         finite=m.finite,
-        compile_s=result.compile_s,
+        compile_s=result.compile_s + prepared_s,
         run_s=result.run_s,
         config=config,
     )

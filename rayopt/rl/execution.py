@@ -97,6 +97,44 @@ def _compile(trainer: Trainer, n_devices: int, per_device: int, strategy: str, f
     return compiled, time.perf_counter() - t0
 
 
+def compile_seeds(
+    trainer: Trainer, num_seeds: int, strategy: str = "auto", fast_compile: bool = False
+) -> tuple[jax.stages.Compiled, float, tuple]:
+    """The executable training ``num_seeds`` seeds (compiled now, or kept from before on
+    the trainer), the seconds compiling took (0 when kept) and its layout."""
+    if num_seeds < 1:
+        raise ValueError("need at least one seed")
+    if strategy == "auto":
+        strategy = default_strategy()
+    if strategy not in ("vmap", "map"):
+        raise ValueError(f"strategy must be auto, vmap or map, not {strategy!r}")
+    n_devices, per_device = plan(num_seeds)
+    layout = (n_devices, per_device, strategy, fast_compile)
+    if layout in trainer.compiled:
+        return trainer.compiled[layout], 0.0, layout
+    compiled, compile_s = _compile(trainer, *layout)
+    trainer.compiled[layout] = compiled
+    return compiled, compile_s, layout
+
+
+def memory_bytes(compiled: jax.stages.Compiled, n_devices: int = 1) -> dict[str, int] | None:
+    """XLA's memory analysis of a compiled executable: temp, argument and output buffer
+    bytes per device and their total over the ``n_devices`` it runs on (None when the
+    backend reports none)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if stats is None:
+        return None
+    parts = {
+        "temp": int(stats.temp_size_in_bytes),
+        "argument": int(stats.argument_size_in_bytes),
+        "output": int(stats.output_size_in_bytes),
+    }
+    return {**parts, "total": sum(parts.values()) * max(1, n_devices)}
+
+
 def train_seeds(
     trainer: Trainer, seeds: Sequence[int], strategy: str = "auto", fast_compile: bool = False
 ) -> TrainResult:
@@ -107,19 +145,8 @@ def train_seeds(
     to skip recompiling (``compile_s`` is then 0).
     """
     seeds = list(seeds)
-    if not seeds:
-        raise ValueError("need at least one seed")
-    if strategy == "auto":
-        strategy = default_strategy()
-    if strategy not in ("vmap", "map"):
-        raise ValueError(f"strategy must be auto, vmap or map, not {strategy!r}")
-    n_devices, per_device = plan(len(seeds))
-    layout = (n_devices, per_device, strategy, fast_compile)
-    if layout in trainer.compiled:
-        compiled, compile_s = trainer.compiled[layout], 0.0
-    else:
-        compiled, compile_s = _compile(trainer, *layout)
-        trainer.compiled[layout] = compiled
+    compiled, compile_s, layout = compile_seeds(trainer, len(seeds), strategy, fast_compile)
+    n_devices, per_device = layout[0], layout[1]
     padded = seeds + [seeds[-1]] * (n_devices * per_device - len(seeds))
     t0 = time.perf_counter()
     out = jax.device_get(compiled(seed_keys(padded)))

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rayopt.optim.context import UpdateContext
@@ -144,6 +145,24 @@ class Trainer:
 
     def train(self, key: jax.Array) -> Metrics:
         return self.run(self.init(key))
+
+
+def kernel_shapes(config: PPOConfig) -> list[tuple[int, int]]:
+    """The (in, out) shapes of every kernel of the actor and critic ``config`` builds
+    (flattened observations in, actions / a value out)."""
+    env, env_params = make_env(config.env)
+    obs = jax.eval_shape(lambda k: env.reset(k, env_params)[0], jax.random.key(0)).shape
+    n_in = int(np.prod(obs)) if obs else 1
+    h, n_actions = config.hidden_size, int(env.action_space(env_params).n)
+    hidden = [(n_in, h)] + [(h, h)] * (config.num_hidden_layers - 1)
+    return [*hidden, (h, n_actions), *hidden, (h, 1)]
+
+
+def largest_kernel(configs: list[PPOConfig]) -> tuple[int, int]:
+    """The largest kernel of the networks of ``configs`` (by size): where a program is
+    most expensive, and the real shape the dry run probes (Freeway's (700, 64) for
+    Table 1's MinAtar networks)."""
+    return max((s for c in configs for s in kernel_shapes(c)), key=lambda s: (s[0] * s[1], s))
 
 
 def make_train(config: PPOConfig, optimiser: optax.GradientTransformationExtraArgs) -> Trainer:

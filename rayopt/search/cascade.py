@@ -3,7 +3,8 @@ cheap stages in front of the full evaluation).
 
     check (validation, dry run, literal audit, hash, fingerprint)
       -> duplicate? share the earlier scores -> literal policy
-      -> screen: a short single-env run -> full: every env x seeds
+      -> screen: a short single-env run, then the speed screen (a few PPO updates on every
+       env's real network, timed against Adam's) -> full: every env x seeds
 
 Each decision is written to the journal in one part file together with the rows it
 rests on, so a crash leaves either both or neither; the verdict goes back to the
@@ -103,15 +104,18 @@ class Cascade:
         self.journal.write(s, pending)
         spec = OptimiserSpec(name=c.name or c.id, kind="symbolic", code=c.code)
         if cfg.cascade.enabled and is_mutated(c) and c.id not in s.screened:
-            why = await self.screen(s, c, spec, where)
+            why, kind = await self.screen(s, c, spec, where)
             if why:
                 s.dropped += 1
-                return Verdict("screened_out", c, why, "screen")
+                return Verdict("screened_out", c, why, kind)
         return await self.evaluate_all(s, c, spec, where)
 
-    async def screen(self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict) -> str:
-        """The cascade's short run; writes its rows and its verdict together. Returns
-        why ``c`` fell out, or "" when it passed."""
+    async def screen(
+        self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict
+    ) -> tuple[str, str]:
+        """The cascade's short run, then the speed screen; writes their rows and the
+        verdict together. Returns (why ``c`` fell out, its kind: screen, timeout,
+        memory, too_slow), or ("", "") when it passed."""
         cfg = self.config
         env = cfg.cascade.env
         ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
@@ -124,9 +128,11 @@ class Cascade:
             keep=False,  # only mutated candidates are screened; each once
         )
         out = await self.evaluators.run(task)
-        why = ""
+        rows = outcome_rows(out, where, stage="screen")
+        why, kind = "", "screen"
         if not out.ok:
             why = f"screen run failed: {out.error}"
+            kind = out.error_kind if out.error_kind in ("timeout", "memory") else "screen"
         elif not np.all(out.finite):
             why = "non-finite parameters in the screening run"
         else:
@@ -137,14 +143,72 @@ class Cascade:
                     f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x "
                     f"random policy {floor:.3g}"
                 )
+        if not why:
+            speed_rows, why, kind = await self.speed_screen(c, spec, where)
+            rows += speed_rows
         verdict = (
-            dict(event="screened_out", **where, error=why)
+            dict(event="screened_out", **where, error=why, error_kind=kind, status=kind)
             if why
             else dict(event="screened", **where)
         )
-        self.journal.write(s, [*outcome_rows(out, where, stage="screen"), verdict])
+        self.journal.write(s, [*rows, verdict])
         s.screened.add(c.id)
-        return why
+        return why, kind
+
+    async def speed_screen(
+        self, c: Candidate, spec: OptimiserSpec, where: dict
+    ) -> tuple[list[dict], str, str]:
+        """``cascade.speed_updates`` PPO updates of ``c`` on every env's real network
+        (one seed, after compile), timed against the reference's (Adam) on the same
+        evaluator: (rows, why it is too slow, kind) or (rows, "", ""). Only on a bounded
+        pool (it holds the reference's times)."""
+        cfg = self.config
+        bounds = getattr(self.evaluators, "bounds", None)
+        if not cfg.cascade.speed_updates or bounds is None or not bounds.max_slowdown:
+            return [], "", ""
+
+        def task(env: str) -> EvalTask:
+            full = cfg.ppo_config(env)
+            steps = cfg.cascade.speed_updates * full.num_envs * full.num_steps
+            return EvalTask(
+                f"{c.id}/speed/{env}",
+                spec,
+                full.replace(total_timesteps=steps),
+                (0,),
+                fast_compile=True,
+                keep=False,
+            )
+
+        outs = await asyncio.gather(*(self.evaluators.run(task(env)) for env in cfg.envs))
+        rows: list[dict] = []
+        why = kind = ""
+        for o in outs:
+            r = outcome_rows(o, where, stage="speed")
+            slow = (
+                o.ok
+                and o.reference_s is not None
+                and o.run_s > bounds.max_slowdown * o.reference_s + cfg.cascade.speed_floor_s
+            )
+            if slow:
+                for row in r:
+                    row.update(status="too_slow", error_kind="too_slow")
+            rows += r
+            if why:
+                continue
+            env = o.task.config.env
+            if slow:
+                why, kind = (
+                    f"too slow at real shapes: {cfg.cascade.speed_updates} PPO updates on "
+                    f"{env} took {o.run_s:.2f} s, {o.slowdown:.0f}x the "
+                    f"{o.reference_s:.3f} s of {bounds.reference} on this evaluator (limit: "
+                    f"evaluator.max_slowdown = {bounds.max_slowdown:g} x + "
+                    f"{cfg.cascade.speed_floor_s:g} s); make the update cheaper",
+                    "too_slow",
+                )
+            elif not o.ok:
+                why = f"speed screen on {env} failed: {o.error}"
+                kind = o.error_kind if o.error_kind in ("timeout", "memory") else "screen"
+        return rows, why, kind
 
     async def evaluate_all(
         self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict
@@ -195,6 +259,7 @@ class Cascade:
                 attempt=attempt,
                 error_kind=kind,
                 error=error,
+                status=kind if kind in ("timeout", "memory") else None,
             )
             self.journal.write(s, [row])
             return Verdict("evaluation_failed", c, error, kind)
@@ -233,7 +298,7 @@ class Cascade:
             if memo not in self._memo:
                 self._memo[memo] = asyncio.ensure_future(self.evaluators.run(task))
             out = await asyncio.shield(self._memo[memo])
-            if not out.ok:
+            if not out.ok and out.error_kind not in ("timeout", "memory"):
                 self._memo.pop(memo, None)  # a failure is not memoised: it may be bad luck
         self.journal.write(s, outcome_rows(out, where, stage="full"))
         if out.ok:

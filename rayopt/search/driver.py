@@ -25,13 +25,13 @@ import ray
 
 from rayopt.analysis import heldout
 from rayopt.config import DiscoveryConfig, dump, load_discovery
-from rayopt.optim import SYMBOLIC, resolve
+from rayopt.optim import resolve
 from rayopt.results.journal import JournalWriter, compact, journal_dir
 from rayopt.search import summary as console
 from rayopt.search.archive import Candidate
 from rayopt.search.cascade import Cascade
 from rayopt.search.confirm import confirm
-from rayopt.search.evaluator import EvaluatorPool
+from rayopt.search.evaluator import Bounds, EvaluatorPool
 from rayopt.search.fleet import Evaluators, control_options, start_evaluators
 from rayopt.search.island import IslandActor
 from rayopt.search.lineage import LineageRunner
@@ -119,14 +119,21 @@ class Discovery:
         if self.evaluators is None:
             self._fleet = start_evaluators(cfg)
             self.evaluators = EvaluatorPool(
-                list(self._fleet), max_attempts=cfg.search.max_eval_attempts
+                list(self._fleet),
+                max_attempts=cfg.search.max_eval_attempts,
+                bounds=Bounds.from_config(cfg.evaluator),
             )
         if self.mutators is None:
             llm = dict(cfg.mutator.llm)
+            from rayopt.rl.ppo import largest_kernel
+
+            # the dry run probes small tensors; proposals are also traced at the largest
+            # real kernel of the configured networks (sizes only: docs/program.md)
+            shape = largest_kernel([cfg.ppo_config(e) for e in cfg.envs])
             actors = [
                 MutatorActor.options(
                     max_concurrency=cfg.mutator.proposals_per_actor, **control_options()
-                ).remote(cfg.mutator.kind, llm, cfg.mutator.offline_style)
+                ).remote(cfg.mutator.kind, llm, cfg.mutator.offline_style, probe_shapes=(shape,))
                 for _ in range(cfg.mutator.actors)
             ]
             self._owned += actors
@@ -227,13 +234,14 @@ class Discovery:
         ready: list[Candidate] = []
         todo: list[Candidate] = []
         for name in cfg.search.initial:
-            cid = f"init-{name}"
+            spec = resolve(name)  # a library name or a .py file
+            cid = f"init-{spec.name}"
             if cid in done:
                 ready.append(done[cid])
             elif cid not in terminal:
                 todo.append(
                     created.get(cid)
-                    or Candidate(id=cid, code=SYMBOLIC[name], name=name, mutator="library")
+                    or Candidate(id=cid, code=spec.code or "", name=spec.name, mutator="library")
                 )
         assert self.cascade is not None
         verdicts = await asyncio.gather(

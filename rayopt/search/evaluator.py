@@ -5,6 +5,15 @@ An evaluator trains PPO for one (optimiser, environment) with all seeds vmapped.
 restarts a dead evaluator (``max_restarts=-1``); the pool resubmits the evaluation that
 was running, up to ``max_attempts`` times, and reports a failure after that. An error
 raised by the evaluation itself (bad code) is not retried: it would fail again.
+
+With :class:`Bounds` (discovery and sweeps build their pools with them) every
+evaluation is bounded: it is compiled first (``prepare``: at most ``compile_timeout_s``)
+and its compiled memory checked against the device's budget (``memory``), then run
+against a deadline of ``max_slowdown`` x the run time of the reference optimiser (Adam)
+for the same (PPO config, seeds layout, compile mode) on the same evaluator, measured
+once and cached, plus ``floor_s``. Past the deadline the pool kills the evaluator
+process (``ray.kill``, restartable: Ray starts a fresh one, and the restart spends no
+attempt) and reports ``timeout`` with the measured slowdown; neither is retried.
 """
 
 from __future__ import annotations
@@ -56,7 +65,77 @@ class EvalOutcome:
     node: str | None = None
     evaluator: str | None = None
     error: str | None = None
-    error_kind: str | None = None
+    error_kind: str | None = None  # evaluation | evaluator_died | timeout | memory
+    # run time over the reference's for the same config, layout and evaluator (a lower
+    # bound for a timeout: the run was stopped); None when the pool is unbounded
+    slowdown: float | None = None
+    reference_s: float | None = None  # the reference's run time it was compared with
+
+    @property
+    def status(self) -> str:
+        """The journal status of its rows: ok, nonfinite, failed, timeout or memory."""
+        if not self.ok:
+            return self.error_kind if self.error_kind in ("timeout", "memory") else "failed"
+        return "ok" if self.finite is None or bool(np.all(self.finite)) else "nonfinite"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """How long and how large one evaluation may be (``evaluator.*`` in a config).
+
+    Deadline of a run: ``max_slowdown`` x the reference optimiser's run time for the same
+    (PPO config, number of seeds, compile mode), measured once per evaluator, plus
+    ``floor_s``; compiling has its own ``compile_timeout_s``. ``memory_budget_mb`` 0: the
+    evaluator's device decides (GPU: its memory limit; CPU: half the host's RAM).
+    ``max_slowdown`` 0: no deadline (the memory check stays).
+    """
+
+    max_slowdown: float = 10.0
+    floor_s: float = 60.0
+    compile_timeout_s: float = 900.0
+    memory_budget_mb: float = 0.0
+    reference: str = "adam"
+
+    @classmethod
+    def from_config(cls, ev: Any) -> Bounds:
+        """From an ``EvaluatorSection`` (discovery or sweep config)."""
+        return cls(
+            max_slowdown=ev.max_slowdown,
+            floor_s=ev.deadline_floor_s,
+            compile_timeout_s=ev.compile_timeout_s,
+            memory_budget_mb=ev.memory_budget_mb,
+        )
+
+    def deadline(self, reference_s: float) -> float | None:
+        """Seconds a run may take, given the reference's (None: unbounded)."""
+        return self.max_slowdown * reference_s + self.floor_s if self.max_slowdown else None
+
+
+def memory_budget(budget_mb: float = 0.0) -> tuple[int, str]:
+    """(bytes, where from) an evaluation's compiled buffers may use on this process's
+    default device: ``budget_mb`` if set, else the accelerator's memory limit, else half
+    the host's physical memory."""
+    import jax
+
+    if budget_mb > 0:
+        return int(budget_mb * (1 << 20)), "evaluator.memory_budget_mb"
+    dev = jax.local_devices()[0]
+    if dev.platform != "cpu":
+        try:
+            limit = (dev.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # noqa: BLE001 - some backends report nothing
+            limit = None
+        if limit:
+            return int(limit), f"{dev.platform} memory limit"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 << 30
+    return int(total // 2), "half the host's RAM"
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def actor_env(num_gpus: float, num_cpus: float) -> dict[str, str]:
@@ -105,6 +184,32 @@ class EvaluatorActor:
             },
         )
 
+    def prepare(self, task: EvalTask, budget_mb: float = 0.0) -> dict[str, Any]:
+        """Compile ``task`` (kept for the next ``evaluate``) and check XLA's memory
+        analysis of the executable against the device's budget. Returns compile_s,
+        memory (bytes: temp, argument, output, total) and, when it does not fit, an
+        ``error`` (and the compiled executable is dropped)."""
+        from rayopt.rl.evaluation import prepare, release
+
+        compile_s, memory = prepare(
+            task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=task.keep
+        )
+        budget, source = memory_budget(budget_mb)
+        out: dict[str, Any] = dict(compile_s=compile_s, memory=memory, budget=budget)
+        if memory is not None and memory["total"] > budget:
+            release()
+            if not task.keep:  # nothing else holds it: free the executable now
+                import gc
+
+                gc.collect()
+            out["error"] = (
+                f"needs {_gb(memory['total'])} of device buffers at the real shapes of "
+                f"{task.config.env} (hidden {task.config.hidden_size}, {len(task.seeds)} "
+                f"seeds; temp {_gb(memory['temp'])}), over the budget of {_gb(budget)} "
+                f"({source})"
+            )
+        return out
+
     def evaluate(self, task: EvalTask) -> dict[str, Any]:
         # Symbolic code is validated again by build(): the evaluator trusts no caller.
         from rayopt.rl.evaluation import evaluate
@@ -151,9 +256,20 @@ class EvaluatorPool:
     over slots x wall time since the pool started.
     """
 
-    def __init__(self, actors: Sequence[Any], slots_per_actor: int = 1, max_attempts: int = 3):
+    def __init__(
+        self,
+        actors: Sequence[Any],
+        slots_per_actor: int = 1,
+        max_attempts: int = 3,
+        bounds: Bounds | None = None,
+    ):
         self.max_attempts = max_attempts
+        self.bounds = bounds
         self.slots = [_Slot(a, i) for a in actors for i in range(slots_per_actor)]
+        # the reference's (compile_s, run_s) per (actor, PPO config, seeds, compile mode)
+        self.references: dict[tuple, tuple[float, float]] = {}
+        self.killed = 0  # evaluators killed at a deadline
+        self.restart_s: list[float] = []  # kill -> the restarted evaluator answers
         self._free: asyncio.Queue[_Slot] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
@@ -203,11 +319,28 @@ class EvaluatorPool:
                     t0 = slot.since = time.monotonic()
                     self.busy += 1
                     try:
-                        out = await slot.actor.evaluate.remote(task)
+                        if self.bounds is None:
+                            out = await slot.actor.evaluate.remote(task)
+                        else:
+                            out = await self._bounded(slot, task)
                     finally:  # busy while the actor runs the task, not while it restarts
                         self.busy -= 1
                         slot.busy_s += time.monotonic() - max(t0, self.started)
                         slot.since = None
+                    if isinstance(out, _Stopped):  # a deadline or the memory budget
+                        if out.kill:
+                            await self._kill(slot.actor)
+                        return EvalOutcome(
+                            task,
+                            ok=False,
+                            attempts=attempt,
+                            error=out.error,
+                            error_kind=out.kind,
+                            slowdown=out.slowdown,
+                            reference_s=out.reference_s,
+                            compile_s=out.compile_s,
+                            run_s=out.run_s,
+                        )
                 except RayTaskError as err:  # the evaluation raised: bad code, not bad luck
                     return EvalOutcome(
                         task, ok=False, attempts=attempt, error=_short(err), error_kind="evaluation"
@@ -225,6 +358,110 @@ class EvaluatorPool:
             )
         finally:
             self.pending -= 1
+
+    def reference_spec(self) -> OptimiserSpec:
+        from rayopt.optim import resolve
+
+        assert self.bounds is not None
+        return resolve(self.bounds.reference)
+
+    async def _reference(self, slot: _Slot, task: EvalTask) -> tuple[float, float]:
+        """The reference's (compile_s, run_s) for ``task``'s config and layout on this
+        slot's evaluator: measured once (an unbounded evaluation of Adam, kept compiled),
+        then cached."""
+        key = (id(slot.actor), task.config, len(task.seeds), task.fast_compile)
+        if key not in self.references:
+            ref = EvalTask(
+                f"reference/{self.bounds.reference}/{task.config.env}",
+                self.reference_spec(),
+                task.config,
+                tuple(task.seeds),
+                fast_compile=task.fast_compile,
+                keep=True,
+            )
+            out = await slot.actor.evaluate.remote(ref)
+            self.references[key] = (float(out["compile_s"]), max(float(out["run_s"]), 1e-6))
+        return self.references[key]
+
+    async def _bounded(self, slot: _Slot, task: EvalTask) -> dict[str, Any] | _Stopped:
+        """One attempt of ``task`` under :attr:`bounds`: compile and check its memory,
+        then run it against the deadline. Returns the evaluator's result, or why it was
+        stopped (the caller kills the evaluator when the stop says so)."""
+        b = self.bounds
+        assert b is not None
+        key = (id(slot.actor), task.config, len(task.seeds), task.fast_compile)
+        is_reference = task.spec == self.reference_spec()
+        if is_reference and key not in self.references:  # the measurement is the run
+            out = await slot.actor.evaluate.remote(task)
+            self.references[key] = (float(out["compile_s"]), max(float(out["run_s"]), 1e-6))
+            return dict(out, slowdown=1.0, reference_s=self.references[key][1])
+        _, ref_s = await self._reference(slot, task)
+        t0 = time.monotonic()
+        try:
+            prep = await asyncio.wait_for(
+                _ref(slot.actor.prepare.remote(task, b.memory_budget_mb)), b.compile_timeout_s
+            )
+        except asyncio.TimeoutError:
+            return _Stopped(
+                "timeout",
+                f"compiling did not finish within evaluator.compile_timeout_s = "
+                f"{b.compile_timeout_s:g} s; the evaluator was stopped",
+                kill=True,
+                reference_s=ref_s,
+                compile_s=time.monotonic() - t0,
+            )
+        if prep.get("error"):
+            return _Stopped(
+                "memory", prep["error"], kill=False, reference_s=ref_s, compile_s=prep["compile_s"]
+            )
+        deadline = b.deadline(ref_s)
+        t1 = time.monotonic()
+        try:
+            out = await asyncio.wait_for(_ref(slot.actor.evaluate.remote(task)), deadline)
+        except asyncio.TimeoutError:
+            ran = time.monotonic() - t1
+            return _Stopped(
+                "timeout",
+                f"stopped after {ran:.1f} s of training, over {ran / ref_s:.0f}x the "
+                f"{ref_s:.2f} s {b.reference} takes for the same run on this evaluator (limit: "
+                f"evaluator.max_slowdown = {b.max_slowdown:g} x {b.reference} + "
+                f"{b.floor_s:g} s); make the update cheaper: no work that grows with the "
+                "square of a tensor's size, no big matmul chains",
+                kill=True,
+                slowdown=ran / ref_s,
+                reference_s=ref_s,
+                compile_s=float(prep["compile_s"]),
+                run_s=ran,
+            )
+        return dict(out, slowdown=float(out["run_s"]) / ref_s, reference_s=ref_s)
+
+    async def _kill(self, actor: Any) -> None:
+        """End the process running an overrun evaluation; Ray restarts the actor (a
+        restart, not a crash: no attempt is spent) and this returns once it answers."""
+        t0 = time.monotonic()
+        ray.kill(actor, no_restart=False)
+        self.killed += 1
+        await asyncio.sleep(0.2)  # let the death register before asking for readiness
+        await _until_alive(actor)
+        self.restart_s.append(time.monotonic() - t0)
+
+
+@dataclasses.dataclass
+class _Stopped:
+    """Why a bounded evaluation was stopped, and whether its evaluator must be killed."""
+
+    kind: str  # timeout | memory
+    error: str
+    kill: bool
+    slowdown: float | None = None
+    reference_s: float | None = None
+    compile_s: float = 0.0
+    run_s: float = 0.0
+
+
+async def _ref(ref: Any) -> Any:
+    """Await a Ray object ref as a coroutine (``asyncio.wait_for`` cancels it cleanly)."""
+    return await ref
 
 
 async def _until_alive(actor: Any, timeout_s: float = 300.0) -> None:
@@ -249,7 +486,8 @@ def _short(err: BaseException, limit: int = 500) -> str:
 
 def outcome_rows(out: EvalOutcome, where: dict[str, Any], stage: str) -> list[dict[str, Any]]:
     """Journal rows for one outcome: one evaluation row per seed (``status`` ok or
-    nonfinite with its scores, or failed with the error), ``where`` columns on each.
+    nonfinite with its scores; failed, timeout or memory with the error), ``where``
+    columns on each (and ``slowdown`` against the reference when the pool is bounded).
 
     Shared by discovery (stages screen and full) and sweeps (stage sweep), so every
     evaluation in every journal has the same columns with the same meaning.
@@ -266,6 +504,7 @@ def outcome_rows(out: EvalOutcome, where: dict[str, Any], stage: str) -> list[di
         attempt=out.attempts,
         node=out.node,
         evaluator=out.evaluator,
+        slowdown=out.slowdown,
     )
     if not out.ok:
         return [
@@ -273,9 +512,11 @@ def outcome_rows(out: EvalOutcome, where: dict[str, Any], stage: str) -> list[di
                 common,
                 row_type="evaluation",
                 seed=seed,
-                status="failed",
+                status=out.status,
                 error_kind=out.error_kind,
                 error=out.error,
+                compile_s=out.compile_s or None,
+                run_s=out.run_s or None,
             )
             for seed in t.seeds
         ]

@@ -6,8 +6,9 @@ through the cascade. A step that produces scores (evaluated, or a duplicate shar
 earlier candidate's) moves the lineage on; a step that fails (no code, invalid code,
 rejected, screened out, an evaluation error or non-finite parameters) stays in the
 history with its error, so the next step sees what was tried and why it failed.
-Code that raised when PPO ran it goes back to the mutator once more to be repaired
-(``search.repair_attempts``), as a check failure would.
+Code that raised when PPO ran it, or that was stopped for its cost at real shapes
+(``timeout``, ``too_slow``, ``memory``), goes back to the mutator once more to be
+repaired (``search.repair_attempts``), as a check failure would.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from rayopt.search.island import neighbours, selection_rng
 from rayopt.search.mutators.actor import Checked, MutatorPool
 from rayopt.search.mutators.base import MutationRequest, MutationResult
 from rayopt.search.state import Lineage, RunJournal, Search, Spend, Verdict, failed_step
+
+#: Verdict kinds whose code goes back to the coder to be fixed: it raised under PPO, or
+#: it was stopped for its cost at real shapes (a deadline, the speed screen, memory).
+REPAIRABLE = ("evaluation", "timeout", "too_slow", "memory")
 
 
 class LineageRunner:
@@ -142,7 +147,7 @@ class LineageRunner:
         verdicts = [await self._attempt(s, lin, step, current, request, suffix="")]
         for k in range(1, repairs + 1):
             last = verdicts[-1]
-            if last.event != "evaluation_failed" or last.error_kind != "evaluation":
+            if last.error_kind not in REPAIRABLE:
                 break
             failed = dataclasses.replace(last.candidate, error=last.error).scored()
             request = dataclasses.replace(request, repair=failed)
@@ -187,9 +192,9 @@ class LineageRunner:
                 mutator=res.mutator,
                 parent_id=current.id,
             )
-            for c in res.calls
+            for c in (*checked.lost_calls, *res.calls)
         ]
-        self.spend.cost_usd += res.cost_usd
+        self.spend.cost_usd += res.cost_usd + sum(c.cost_usd for c in checked.lost_calls)
         if not res.ok:
             s.dropped += 1
             self.journal.write(

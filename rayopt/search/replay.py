@@ -26,8 +26,13 @@ from rayopt.search.state import (
     joins_archive,
 )
 
-#: Events that decide a candidate (exactly one per created candidate).
+#: Events that decide a candidate (exactly one per created candidate). A bounded
+#: evaluation's end (``timeout``, ``too_slow``, ``memory``) is one of these events with
+#: that ``status``: decided, never trained again.
 VERDICTS = ("invalid", "duplicate", "rejected", "screened_out", "evaluation_failed", "evaluated")
+#: Statuses of full-evaluation rows that fail their candidate, and those without scores.
+FAILED = ("failed", "nonfinite", "timeout", "memory")
+UNSCORED = ("failed", "timeout", "memory")
 
 
 def read_journal(run_dir: str | Path) -> tuple[float, dict[str, dict[str, Any]]]:
@@ -58,9 +63,9 @@ def read_journal(run_dir: str | Path) -> tuple[float, dict[str, dict[str, Any]]]
                 if r["event"] == "duplicate" and cid in created:
                     created[cid].duplicate_of = r["ref_candidate_id"]
             elif r["row_type"] == "evaluation" and r["stage"] == "full":
-                if r["status"] in ("failed", "nonfinite"):  # either fails the candidate
+                if r["status"] in FAILED:  # any of them fails the candidate
                     failed_envs[cid] = r["env"]
-                if r["status"] != "failed":
+                if r["status"] not in UNSCORED:
                     full[cid][r["env"]][r["seed"]] = r
         for cid, envs in full.items():
             c = created.get(cid)

@@ -8,7 +8,11 @@ proposals at once.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -117,3 +121,32 @@ class Mutator(Protocol):
     name: str
 
     async def propose(self, request: MutationRequest) -> MutationResult: ...
+
+
+#: Where a model call's record goes the moment it is made, before the proposal that made
+#: it returns (the mutator actor spools them, so a proposal that crashes and is retried
+#: by Ray does not lose their cost). Set per proposal: asyncio tasks copy the context.
+CALL_SINK: contextvars.ContextVar[Callable[[CallRecord], None] | None] = contextvars.ContextVar(
+    "rayopt_call_sink", default=None
+)
+
+
+def emit_call(record: CallRecord) -> None:
+    """Hand ``record`` to the current proposal's sink, if any (never raises)."""
+    sink = CALL_SINK.get()
+    if sink is not None:
+        with contextlib.suppress(Exception):  # accounting must never break a proposal
+            sink(record)
+
+
+def request_key(request: MutationRequest) -> str:
+    """One proposal's identity: the same for Ray's retry of the same request."""
+    repair = request.repair.candidate_id if request.repair is not None else ""
+    return f"{request.run_id}/{request.island}/{request.generation}/{request.step}/{repair}"
+
+
+def call_seed(request: MutationRequest, role: str, attempt: int) -> int:
+    """A sampling seed per (proposal, role, attempt) for providers that take one: each
+    attempt is a fresh sample, and a proposal retried after a crash asks the same."""
+    text = f"{request_key(request)}/{request.seed}/{role}/{attempt}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % (2**31 - 1)

@@ -28,7 +28,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rayopt.search.mutators.base import CallRecord, MutationRequest, MutationResult, Scored
+from rayopt.search.mutators.base import (
+    CallRecord,
+    MutationRequest,
+    MutationResult,
+    Scored,
+    call_seed,
+)
 from rayopt.search.mutators.config import LLMConfig, PromptPaths
 from rayopt.search.mutators.extract import Idea, parse_coder, parse_thinker, same_program
 from rayopt.search.mutators.providers import CallOutcome, ChatClient, RetryPolicy
@@ -347,14 +353,16 @@ class LLMMutator:
                 idea = Idea(suggestion=request.repair.idea)
                 failed = (
                     request.repair.code,
-                    f"the code raised when PPO ran it: {request.repair.error}",
+                    f"the code failed when PPO ran it: {request.repair.error}",
                 )
             else:
                 idea, error = await self._think(request, calls)
                 if idea is None:
                     return self._fail(calls, error)
                 failed = None
-            code, error, checked = await self._code(request.current.code, idea, calls, failed)
+            code, error, checked = await self._code(
+                request.current.code, idea, calls, failed, request
+            )
             if code is None:
                 return self._fail(calls, error, idea)
             return MutationResult(
@@ -387,10 +395,11 @@ class LLMMutator:
         messages: list[dict[str, str]],
         attempt: int,
         calls: list[CallRecord],
+        seed: int | None = None,
     ) -> tuple[Any, str, bool]:
         """One role attempt: (usable reply or None, error, fatal). Refusals and transport
         failures are accounted for and rejected here, alike for both roles."""
-        outcome = await client.chat(system, messages, attempt=attempt)
+        outcome = await client.chat(system, messages, attempt=attempt, seed=seed)
         self._account(outcome, calls)
         if outcome.reply is None:
             return None, outcome.error or "no reply", outcome.fatal
@@ -407,7 +416,10 @@ class LLMMutator:
         messages = [{"role": "user", "content": self.thinker_prompt(request)}]
         error = "no attempts"
         for attempt in range(1, self.config.max_thinker_attempts + 1):
-            reply, error, fatal = await self._ask(self.thinker, system, messages, attempt, calls)
+            seed = call_seed(request, "thinker", attempt)
+            reply, error, fatal = await self._ask(
+                self.thinker, system, messages, attempt, calls, seed
+            )
             if fatal:
                 return None, f"thinker: {error}"
             if reply is None:
@@ -427,6 +439,7 @@ class LLMMutator:
         idea: Idea,
         calls: list[CallRecord],
         failed: tuple[str, str] | None = None,
+        request: MutationRequest | None = None,
     ) -> tuple[str | None, str, CheckResult | None]:
         """(valid code or None, error, the validator's CheckResult when it gives one).
         ``failed``: (code, error) of an earlier implementation of ``idea`` that failed
@@ -440,7 +453,10 @@ class LLMMutator:
             ]
         error = "no attempts"
         for attempt in range(1, self.config.max_coder_attempts + 1):
-            reply, error, fatal = await self._ask(self.coder, system, messages, attempt, calls)
+            seed = None if request is None else call_seed(request, "coder", attempt)
+            reply, error, fatal = await self._ask(
+                self.coder, system, messages, attempt, calls, seed
+            )
             if fatal:
                 return None, f"coder: {error}", None
             if reply is None:

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rayopt.search.mutators.base import CallRecord
+from rayopt.search.mutators.base import CallRecord, emit_call
 from rayopt.search.mutators.config import ANTHROPIC_SAMPLING_API_VERSION, Price, RoleConfig
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,11 @@ class ChatClient:
         return self._client
 
     async def _send(
-        self, client: Any, system: str, messages: Sequence[Mapping[str, str]]
+        self,
+        client: Any,
+        system: str,
+        messages: Sequence[Mapping[str, str]],
+        seed: int | None = None,
     ) -> ChatReply:
         c = self.config
         if c.provider == "anthropic":
@@ -327,6 +331,8 @@ class ChatClient:
         kwargs["max_completion_tokens" if c.provider == "openai" else "max_tokens"] = c.max_tokens
         if c.json_mode:
             kwargs["response_format"] = {"type": "json_object"}
+        if seed is not None:  # OpenAI and most compatible servers sample reproducibly
+            kwargs["seed"] = seed
         resp = await client.chat.completions.create(**kwargs)
         usage = resp.usage
         tokens_in = usage.prompt_tokens if usage else 0
@@ -344,9 +350,17 @@ class ChatClient:
 
     # -- the attempt loop
     async def chat(
-        self, system: str, messages: Sequence[Mapping[str, str]], *, attempt: int
+        self,
+        system: str,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        attempt: int,
+        seed: int | None = None,
     ) -> CallOutcome:
-        """Send one conversation; retry transient failures per the policy.
+        """Send one conversation; retry transient failures per the policy. ``seed``
+        goes to providers that accept one (OpenAI-style; Anthropic has none). Every
+        record is also handed to the proposal's call sink as soon as it exists
+        (``base.emit_call``).
 
         Never raises for API or network trouble (cancellation still propagates).
         """
@@ -370,7 +384,13 @@ class ChatClient:
                     t0 = time.monotonic()  # latency is the request, not client setup
                     # The SDK timeout bounds each read; this bounds the whole call.
                     reply = await asyncio.wait_for(
-                        self._send(client, system, messages), timeout=c.timeout_s + 1.0
+                        self._send(
+                            client,
+                            system,
+                            messages,
+                            None if c.provider == "anthropic" else seed,
+                        ),
+                        timeout=c.timeout_s + 1.0,
                     )
                 except asyncio.CancelledError:
                     raise
@@ -398,6 +418,7 @@ class ChatClient:
                         retry=retry,
                     )
                 )
+                emit_call(records[-1])
                 return CallOutcome(reply, tuple(records))
             assert failure is not None
             error = redact(f"{failure.kind}: {failure.message}", secrets)
@@ -410,6 +431,7 @@ class ChatClient:
                     priced=self.price is not None,
                 )
             )
+            emit_call(records[-1])
             if not failure.retryable:
                 return CallOutcome(None, tuple(records), error, fatal=True)
             if retry < self.policy.max_retries:
