@@ -153,7 +153,7 @@ def discovery(args, out: dict) -> None:
     init_ray(None)
     d = Discovery.create(cfg, run_dir)
     summary = asyncio.run(d.run())
-    df = read(run_dir)
+    df = read(run_dir).to_pandas()
     events = df[df.row_type == "event"]
     evaluated = int((events.event == "evaluated").sum())
     judged = int(events.event.isin(["evaluated", "rejected", "screened_out", "duplicate",
