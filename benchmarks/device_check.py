@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -149,7 +150,9 @@ def discovery(args, out: dict) -> None:
                       "fast_compile": not gpu},
     }  # fmt: skip
     cfg = from_dict(DiscoveryConfig, base).validate()
-    run_dir = Path(args.out) / "discovery-run"
+    # Not under --out: the device tool returns at most 8 files from $OUT, and a run
+    # directory holds many (journal parts, state); the figures go into the JSON.
+    run_dir = Path(tempfile.mkdtemp(prefix="rayopt-device-check-")) / "run"
     init_ray(None)
     d = Discovery.create(cfg, run_dir)
     summary = asyncio.run(d.run())
@@ -168,6 +171,7 @@ def discovery(args, out: dict) -> None:
         compile_s_mean=round(float(evals.compile_s.mean()), 2) if len(evals) else None,
         run_s_mean=round(float(evals.run_s.mean()), 2) if len(evals) else None,
         ppo_total_timesteps=int(args.discovery_steps),
+        run_dir=str(run_dir),
     )
     print(f"discovery {out['discovery']}", flush=True)
 
