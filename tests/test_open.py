@@ -397,3 +397,51 @@ def test_cli_rejects_missing_or_bad_weights_before_training(
     monkeypatch.setenv("RAYOPT_OPEN_WEIGHTS", str(tmp_path / "gone.npy"))
     assert main(["evaluate", "--optimizers", "open", "--envs", "breakout"]) == 2
     assert "gone.npy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- restructured = frozen
+@pytest.mark.parametrize("mask_kind", ["python", "array"])
+def test_restructured_update_matches_frozen_implementation(mask_kind: str) -> None:
+    """The restructured OPEN (fused gates, folded LayerNorm centring, no critic draw) gives
+    the pre-issue-14 implementation's updates, momenta and carries (tests/open_frozen.py)
+    to float tolerance: the published multi-OPEN on Breakout's PPO shapes, three steps."""
+    from open_frozen import frozen_open_transform
+
+    from rayopt.rl.networks import MLP, layer_proportions
+
+    theta, variant = load_open_params(published("multi_OPEN.npy"))
+    obs = jnp.ones((5, 400))  # Breakout-MinAtar: 10 x 10 x 4 flat, 3 actions
+    params = {
+        "actor": MLP(64, 2, 3, "relu", 0.01).init(jax.random.PRNGKey(0), obs),
+        "critic": MLP(64, 2, 1).init(jax.random.PRNGKey(1), obs),
+    }
+    mask_value = (lambda v: v) if mask_kind == "python" else jnp.float32  # noqa: E731
+    mask = {k: jax.tree.map(lambda _, v=v: mask_value(v), params[k])
+            for k, v in (("actor", 1.0), ("critic", 0.0))}  # fmt: skip
+    new, old = open_transform(theta, variant), frozen_open_transform(theta, variant)
+    rng = np.random.default_rng(3)
+
+    def step(tx, grads, state, p, ctx):
+        return tx.update(grads, state, p, ctx=ctx)
+
+    step = jax.jit(step, static_argnums=0)
+    s_new, s_old, p = new.init(params), old.init(params), params
+    for i in range(3):
+        grads = jax.tree.map(
+            lambda x: jnp.asarray(rng.normal(size=x.shape) * 10.0 ** rng.uniform(-4, -1),
+                                  jnp.float32), params)  # fmt: skip
+        ctx = UpdateContext(
+            jax.random.PRNGKey(10 + i), jnp.float32(i / 3), jnp.float32(i % 2),
+            jax.tree.map(lambda x: jnp.asarray(rng.uniform(0, 2, x.shape[-1:]), jnp.float32),
+                         params),
+            {k: layer_proportions(params[k]) for k in params}, mask,
+        )  # fmt: skip
+        u_new, s_new = step(new, grads, s_new, p, ctx)
+        u_old, s_old = step(old, grads, s_old, p, ctx)
+        for a, b in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_old), strict=True):
+            np.testing.assert_allclose(np.asarray(a) / 1e-3, np.asarray(b) / 1e-3,
+                                       rtol=1e-4, atol=1e-5)  # fmt: skip
+        for a, b in zip(jax.tree.leaves(s_new), jax.tree.leaves(s_old), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+        p = optax.apply_updates(p, u_old)
+    assert np.abs(np.asarray(jax.tree.leaves(s_new.carry)[0])).max() > 0.01

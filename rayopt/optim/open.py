@@ -237,6 +237,55 @@ def _features(
     )
 
 
+#: flax LayerNorm's epsilon (OPEN's MLP uses the default).
+LN_EPS = 1e-6
+
+
+def _fused_network(theta: dict, variant: OpenVariant):
+    """OPEN's GRUCell + MLP as one function of ``(x (n, 19), h (n, F))``, restructured for
+    speed with the same arithmetic up to float rounding (docs/open.md, "Cost"):
+
+    - the GRU's six gate matmuls are two: ``x @ [W_ir W_iz W_in]`` and
+      ``h @ [W_hr W_hz W_hn]`` (one pass over each input, 3F-wide outputs);
+    - ``sigmoid(v) = (1 + tanh(v / 2)) / 2`` (one tanh instead of an exp and a division);
+    - ``h' = (1 - z) n + z h`` as ``n + z (h - n)``;
+    - LayerNorm's mean subtraction is folded into the Dense before it: the columns of
+      ``W - rowmean(W)`` and ``b - mean(b)`` give the centred output directly, so each
+      LayerNorm is one reduction (the variance) instead of two.
+    """
+    g, m = theta["gru_params"]["params"], theta["params"]["params"]
+    f = variant.gru_features
+    cat = lambda part, names: jnp.concatenate([g[n][part] for n in names], -1)  # noqa: E731
+    w_x, b_x = cat("kernel", ("ir", "iz", "in")), cat("bias", ("ir", "iz", "in"))
+    w_h, b_hn = cat("kernel", ("hr", "hz", "hn")), g["hn"]["bias"]
+
+    def centred(layer: str) -> tuple[jax.Array, jax.Array]:
+        w, b = m[layer]["kernel"], m[layer]["bias"]
+        return w - jnp.mean(w, axis=1, keepdims=True), b - jnp.mean(b)
+
+    (w0, b0), (w3, b3) = centred("layers_0"), centred("layers_3")
+    s1, c1, s4, c4 = (m[k][p] for k in ("layers_1", "layers_4") for p in ("scale", "bias"))
+    w6, b6 = m["layers_6"]["kernel"], m["layers_6"]["bias"]
+    sigmoid = lambda v: 0.5 + 0.5 * jnp.tanh(0.5 * v)  # noqa: E731
+
+    def layer_norm(y: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+        inv = jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + LN_EPS)  # y is centred
+        return y * (inv * scale) + bias
+
+    def network(x: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        a = x @ w_x + b_x
+        c = h @ w_h
+        r = sigmoid(a[:, :f] + c[:, :f])
+        z = sigmoid(a[:, f : 2 * f] + c[:, f : 2 * f])
+        n = jnp.tanh(a[:, 2 * f :] + r * (c[:, 2 * f :] + b_hn))
+        h = n + z * (h - n)
+        y = jnp.maximum(layer_norm(h @ w0 + b0, s1, c1), 0.0)
+        y = jnp.maximum(layer_norm(y @ w3 + b3, s4, c4), 0.0)
+        return h, y @ w6 + b6
+
+    return network
+
+
 def open_transform(theta: dict, variant: OpenVariant) -> optax.GradientTransformationExtraArgs:
     """OPEN with meta-parameters ``theta`` (as returned by :func:`load_open_params`).
 
@@ -245,7 +294,7 @@ def open_transform(theta: dict, variant: OpenVariant) -> optax.GradientTransform
     chains that clipping in front). It returns optax updates, i.e. ``-(u - mean(u))``:
     the learned update ``u``, zero-meaned over all parameters of actor and critic together.
     """
-    gru, mlp = open_networks(variant)
+    network = _fused_network(theta, variant)
     decays = jnp.asarray(DECAYS, jnp.float32)
     width = variant.gru_features
 
@@ -255,6 +304,12 @@ def open_transform(theta: dict, variant: OpenVariant) -> optax.GradientTransform
             momenta=jax.tree.map(lambda p: zeros(p, len(DECAYS)), params),
             carry=jax.tree.map(lambda p: zeros(p, width), params),
         )
+
+    def noise(key: jax.Array, p: jax.Array, mask: Any) -> jax.Array:
+        # A mask known to be 0 at trace time (PPO's critic) needs no draw: 0 * N(0, 1) = 0.
+        if isinstance(mask, (int, float)) and mask == 0:
+            return jnp.zeros(p.size, jnp.float32)
+        return jax.random.normal(key, p.shape, jnp.float32).ravel() * jnp.asarray(mask, jnp.float32)
 
     def update(
         grads: Any, state: OpenState, params: Any = None, *, ctx: UpdateContext, **_: Any
@@ -277,14 +332,12 @@ def open_transform(theta: dict, variant: OpenVariant) -> optax.GradientTransform
             for p, gi, mi, d, lp in per_tensor
         ])  # fmt: skip
         h = jnp.concatenate([c.reshape(-1, width) for c in flat(state.carry)])
-        h, out = gru.apply(theta["gru_params"], h, x)
-        o = mlp.apply(theta["params"], out)
+        h, o = network(x, h)
         # Noise per tensor from its own key (as OPEN draws it), on the actor only.
-        noise = jnp.concatenate([
-            jax.random.normal(k, p.shape, jnp.float32).ravel() * jnp.asarray(mk, jnp.float32)
-            for k, p, mk in zip(keys, leaves, flat(ctx.actor_mask), strict=True)
+        eps = jnp.concatenate([
+            noise(k, p, mk) for k, p, mk in zip(keys, leaves, flat(ctx.actor_mask), strict=True)
         ])  # fmt: skip
-        u = o[:, 0] * STEP_MULT * jnp.exp(o[:, 1] * EXP_MULT) + o[:, 2] * noise * STEP_MULT
+        u = o[:, 0] * STEP_MULT * jnp.exp(o[:, 1] * EXP_MULT) + o[:, 2] * eps * STEP_MULT
         u = u - jnp.mean(u)
 
         splits = np.cumsum([p.size for p in leaves])[:-1]

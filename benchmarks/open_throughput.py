@@ -1,0 +1,158 @@
+"""OPEN's cost: its update alone and PPO's env-step rate with it, before and after issue 14.
+
+"before" is the pre-issue-14 implementation frozen in ``tests/open_frozen.py``; "after" is
+``rayopt.optim.open``. Both run the published multi-OPEN (``--weights``) on Breakout-MinAtar
+PPO shapes (Table 1). Two measurements:
+
+- update: one OPEN step over the agent's ~60k parameters, inside a 32-step ``lax.scan``
+  (one PPO update's worth of minibatches), ms per step (wall and process CPU);
+- ppo: rayopt's PPO (``benchmarks/ppo_throughput.bench_rayopt``) with Adam, OPEN before
+  and OPEN after, ``--seeds`` seeds, env steps/s, and OPEN / Adam.
+
+    python benchmarks/open_throughput.py [--updates 10] [--seeds 8] [--reps 2]
+
+Target (issue 14): OPEN >= 0.33x Adam's env-step rate (Breakout, 8 seeds) on the 2-core CPU.
+``cpu_s`` (process CPU seconds) is reported beside wall time: on a loaded machine it is the
+fairer measure of work; quote wall figures only from an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+import rayopt  # noqa: F401  (host devices before JAX starts)
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from open_frozen import frozen_open_transform  # noqa: E402
+from ppo_throughput import bench_rayopt  # noqa: E402
+
+from rayopt.optim import UpdateContext, clip_by_global_norm_per_network  # noqa: E402
+from rayopt.optim.open import load_open_params, open_transform  # noqa: E402
+from rayopt.rl.networks import layer_proportions  # noqa: E402
+from rayopt.rl.ppo import config_for, make_train  # noqa: E402
+
+
+def update_ms(tx, env: str, reps: int) -> dict:
+    """ms per OPEN step on ``env``'s PPO parameters, 32 steps in one scan."""
+    params = make_train(config_for(env), optax_identity()).init(jax.random.PRNGKey(0)).params
+    ctx = UpdateContext(
+        jax.random.PRNGKey(1),
+        jnp.float32(0.3),
+        jnp.float32(0.0),
+        jax.tree.map(lambda p: jnp.ones(p.shape[-1:]), params),
+        {k: layer_proportions(params[k]) for k in params},
+        {
+            k: jax.tree.map(lambda _, v=v: v, params[k])
+            for k, v in (("actor", 1.0), ("critic", 0.0))
+        },
+    )
+    grads = jax.tree.map(lambda p: 0.01 * jnp.tanh(p + 0.1), params)
+
+    @jax.jit
+    def run(params, state):
+        def body(carry, i):
+            p, s = carry
+            u, s = tx.update(grads, s, p, ctx=ctx._replace(key=jax.random.fold_in(ctx.key, i)))
+            return (jax.tree.map(jnp.add, p, u), s), None
+
+        return jax.lax.scan(body, (params, state), jnp.arange(32))[0]
+
+    state = tx.init(params)
+    jax.block_until_ready(run(params, state))
+    wall, cpu = [], []
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(run(params, state))
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    n = sum(p.size for p in jax.tree.leaves(params))
+    return dict(
+        params=n, wall_ms=round(min(wall) / 32 * 1e3, 2), cpu_ms=round(min(cpu) / 32 * 1e3, 2)
+    )
+
+
+def optax_identity():
+    import optax
+
+    return optax.with_extra_args_support(optax.identity())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--env", default="Breakout-MinAtar")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--updates", type=int, default=10, help="PPO updates per seed (x8192 steps)")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument(
+        "--weights",
+        default=os.environ.get("RAYOPT_OPEN_WEIGHTS", "/work/shared/open/multi_OPEN.npy"),
+    )
+    ap.add_argument("--skip-ppo", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/open_throughput.json")
+    args = ap.parse_args()
+    theta, variant = load_open_params(args.weights)
+    impls = {
+        "before": frozen_open_transform(theta, variant),
+        "after": open_transform(theta, variant),
+    }
+    load0 = os.getloadavg()[0]
+    rows: list[dict] = []
+    for name, core in impls.items():
+        r = dict(kind="update", impl=name, env=args.env, **update_ms(core, args.env, 3 * args.reps))
+        rows.append(r)
+        print(
+            f"update  {name:<7} {r['wall_ms']:8.2f} ms/step wall {r['cpu_ms']:8.2f} ms CPU",
+            flush=True,
+        )
+    if not args.skip_ppo:
+        adam = bench_rayopt(args.env, "adam", args.seeds, args.updates, args.reps)
+        adam.update(kind="ppo", impl="adam")
+        rows.append(adam)
+        for name, core in impls.items():
+            tx = __import__("optax").chain(clip_by_global_norm_per_network(0.5), core)
+            r = bench_rayopt(args.env, f"open-{name}", args.seeds, args.updates, args.reps, tx=tx)
+            r.update(kind="ppo", impl=f"open-{name}")
+            r["x_adam"] = round(r["steps_per_s"] / adam["steps_per_s"], 3)
+            r["x_adam_cpu"] = round(adam["cpu_s"] / r["cpu_s"], 3)
+            rows.append(r)
+        print(
+            f"{'ppo':<14}{'seeds':>6}{'compile_s':>10}{'steps/s':>10}{'cpu_s':>8}{'x adam':>8}"
+            f"{'x adam (cpu)':>13}"
+        )
+        for r in rows:
+            if r["kind"] == "ppo":
+                print(
+                    f"{r['impl']:<14}{r['seeds']:>6}{r['compile_s']:>10.1f}{r['steps_per_s']:>10}"
+                    f"{r['cpu_s']:>8.2f}{r.get('x_adam', 1.0):>8.3f}"
+                    f"{r.get('x_adam_cpu', 1.0):>13.3f}"
+                )
+    meta = dict(
+        machine=platform.machine(),
+        devices=str(jax.local_devices()),
+        jax=jax.__version__,
+        weights=Path(args.weights).name,
+        updates=args.updates,
+        seeds=args.seeds,
+        load_1min_start=round(load0, 2),
+        load_1min_end=round(os.getloadavg()[0], 2),
+        command="python benchmarks/open_throughput.py " + " ".join(sys.argv[1:]),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    print(f"wrote {out} (load {meta['load_1min_start']} -> {meta['load_1min_end']})")
+
+
+if __name__ == "__main__":
+    main()
