@@ -31,10 +31,13 @@ from rayopt.search.driver import Discovery
 from rayopt.search.evaluator import Bounds, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
 
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, total_timesteps=256)
+# 16 updates: the slow program runs ~25 s, 10x its deadline even when a loaded machine
+# slows Adam's reference run (4 updates left only ~2x, and it once finished in time)
+LONGER = dict(TINY, total_timesteps=1024)
 SMALL = {"evaluator.max_slowdown": 3.0, "evaluator.deadline_floor_s": 2.0}
 SLACK_S = 5.0  # how late the pool may notice a deadline on a loaded 2-core machine
 # 16 chained (256, 256) matmuls per tensor per update: half a second on the probe, about
-# 100x Adam's run time in the tiny PPO below (the (512, 512) chain is 8x more
+# 50-100x Adam's run time in the tiny PPO below (the (512, 512) chain is 8x more
 # work, past the sandbox's 10 s on a loaded 2-core machine)
 SLOW = matmul_chain(256)
 
@@ -64,7 +67,7 @@ def test_probe_passes_what_real_shapes_cannot_afford():
 def test_sweep_stops_a_slow_program_at_its_deadline_and_never_retries_it(ray_local, tmp_path):
     slow = _file(tmp_path, "matmul_chain", SLOW)
     overrides = [
-        "ppo.overrides=" + json.dumps({k: v for k, v in TINY.items()}),
+        "ppo.overrides=" + json.dumps(LONGER),
         f"optimizers=[{slow}, adam, discovered_1]",
         "envs=[cartpole]",
         "seeds=1",
@@ -98,6 +101,7 @@ def test_offline_discovery_seeded_with_a_slow_program_stops_it(ray_local, tmp_pa
         **{
             "search.initial": ["sign_update", "relative_update", str(slow)],
             "islands.count": 1,
+            "ppo.overrides": LONGER,
             **SMALL,
         }
     )
