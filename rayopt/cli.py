@@ -152,7 +152,7 @@ def _sweep(args: argparse.Namespace) -> int:
         out = args.out or f"runs/{cfg.name}"
         stream = sys.stderr if args.json else sys.stdout  # --json: stdout is the JSON
         summary = sweep(cfg, out, log=lambda m: print(m, file=stream, flush=True))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as err:
         print(f"rayopt evaluate: error: {err}", file=sys.stderr)
         return 2
     table = stats.iqm_table(stats.load_scores(out, sweeps=[cfg.name]), reps=args.reps)
@@ -164,14 +164,13 @@ def _sweep(args: argparse.Namespace) -> int:
         )
     else:
         print(stats.to_text(stats.iqm_display(table)), end="")
+        for line in stats.small_n_legend(table["n"]):
+            print(line)
         print(json.dumps(summary))
     return 0 if summary.get("failed", 0) == 0 else 1
 
 
 def _evaluate_local(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from rayopt.analysis._rliable import metrics as rly
     from rayopt.optim import resolve
     from rayopt.optim.open import check_open_weights
     from rayopt.rl.envs import parse_envs
@@ -184,47 +183,68 @@ def _evaluate_local(args: argparse.Namespace) -> int:
     overrides = _ppo_flags(args)
     try:  # a bad OPEN checkpoint fails now, not after the other runs
         specs = [check_open_weights(resolve(o, open_weights=args.open_weights)) for o in optimizers]
+        envs = parse_envs(args.envs or "CartPole-v1")
+        configs = {env: config_for(env, **overrides) for env in envs}
     except (ValueError, FileNotFoundError) as err:
         print(f"rayopt evaluate: error: {err}", file=sys.stderr)
         return 2
-    envs = parse_envs(args.envs or "CartPole-v1")
+    table = QuickTable([s.name for s in specs], envs)
     rows = []
     for spec in specs:
         for env in envs:
-            r = evaluate(
-                spec,
-                config_for(env, **overrides),
-                seeds,
-                fast_compile=bool(args.fast_compile),
-            )
-            fr, auc = np.asarray(r.final_return, float), np.asarray(r.auc, float)
+            r = evaluate(spec, configs[env], seeds, fast_compile=bool(args.fast_compile))
             rows.append(
                 dict(
                     optimizer=spec.name,
                     env=env,
                     seeds=f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
-                    final_mean=float(np.nanmean(fr)),
-                    final_iqm=float(rly.aggregate_iqm(fr[:, None])),
-                    auc_mean=float(np.nanmean(auc)),
-                    auc_iqm=float(rly.aggregate_iqm(auc[:, None])),
-                    finite=bool(np.all(r.finite)),
-                    final_return=fr.tolist(),
+                    **quick_scores(r.final_return, r.auc),
+                    finite=bool(all(r.finite)),
                     compile_s=round(r.compile_s, 2),
                     run_s=round(r.run_s, 2),
                     steps_per_s=round(r.env_steps / r.run_s),
                 )
             )
             if not args.json:
-                print(_row(rows[-1], header=len(rows) == 1), flush=True)
+                print(table.line(rows[-1], header=len(rows) == 1), flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif len(seeds) < 4:
+        print(f"note: {len(seeds)} seeds: the IQM trims nothing below 4 seeds (it is the mean)")
     return 0
 
 
-def _row(r: dict, header: bool) -> str:
-    cols = (
+def quick_scores(final_return: Sequence[float], auc: Sequence[float]) -> dict:
+    """Mean and IQM of the seeds' final return and AUC for the quick table: NaN seeds (no
+    finished episode, or diverged) are left out of both and counted in ``nan``, as the
+    analysis does (``stats.iqm_table``'s ``n_nan``)."""
+    import math
+
+    import numpy as np
+
+    from rayopt.analysis.stats import iqm_per_column
+
+    out: dict = {}
+    fr = np.asarray(final_return, float)
+    out["nan"] = int((~np.isfinite(fr)).sum())
+    for name, v in (("final", fr), ("auc", np.asarray(auc, float))):
+        v = v[np.isfinite(v)]
+        out[f"{name}_mean"] = float(v.mean()) if v.size else math.nan
+        out[f"{name}_iqm"] = float(iqm_per_column(v[:, None])[0]) if v.size else math.nan
+    out["final_return"] = [float(x) for x in fr]
+    return out
+
+
+class QuickTable:
+    """The quick table of ``rayopt evaluate``, printed a row at a time: the name columns
+    are as wide as the longest name to come, every column is as wide as its header or
+    its values, and columns are always two spaces apart."""
+
+    COLUMNS = (
         "optimizer",
         "env",
+        "seeds",
+        "nan",
         "final_mean",
         "final_iqm",
         "auc_mean",
@@ -233,19 +253,29 @@ def _row(r: dict, header: bool) -> str:
         "compile_s",
         "run_s",
     )
-    widths = (16, 24, 11, 10, 9, 8, 7, 10, 8)
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    line = "".join(
-        f"{fmt(r[c]):>{w}}" if i > 1 else f"{fmt(r[c]):<{w}}"
-        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
-    )
-    if not header:
-        return line
-    head = "".join(
-        f"{c:>{w}}" if i > 1 else f"{c:<{w}}"
-        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
-    )
-    return f"{head}\n{line}"
+    LEFT = ("optimizer", "env", "seeds")
+
+    def __init__(self, optimizers: Sequence[str], envs: Sequence[str]) -> None:
+        self.widths = {c: max(len(c), 8) for c in self.COLUMNS}
+        self.widths["optimizer"] = max([len("optimizer"), *map(len, optimizers)])
+        self.widths["env"] = max([len("env"), *map(len, envs)])
+        self.widths["nan"] = len("nan")
+
+    @staticmethod
+    def _fmt(v: object) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    def _join(self, cells: dict) -> str:
+        out = []
+        for c in self.COLUMNS:
+            w = self.widths[c] = max(self.widths[c], len(cells[c]))
+            out.append(cells[c].ljust(w) if c in self.LEFT else cells[c].rjust(w))
+        return "  ".join(out).rstrip()
+
+    def line(self, row: dict, header: bool = False) -> str:
+        cells = {c: self._fmt(row[c]) for c in self.COLUMNS}
+        line = self._join(cells)
+        return f"{self._join({c: c for c in self.COLUMNS})}\n{line}" if header else line
 
 
 # ---------------------------------------------------------------- discover
@@ -291,18 +321,22 @@ def _discover(args: argparse.Namespace) -> int:
     import asyncio
 
     from rayopt.config import ConfigError, load_discovery
+    from rayopt.search import preflight
     from rayopt.search.driver import Discovery
     from rayopt.search.fleet import init_ray
 
     # JSON is YAML: a path stays a string whatever it looks like ("null", "~", "1e3")
     weights = [f"open_weights={json.dumps(args.open_weights)}"] if args.open_weights else []
-    try:
+    try:  # everything that can be known before Ray starts: the config, keys, directories
         if args.resume:
             if args.config or args.overrides or args.meta_seeds:
                 raise ConfigError(
                     "--resume takes the run's own config; drop --config and overrides"
                 )
             discovery = Discovery.load(args.resume, overrides=weights)
+            config = discovery.config
+            preflight.check_static(config, args.resume)
+            preflight.check_resume(config, args.resume)
         else:
             overrides = list(args.overrides)
             if args.meta_seeds:
@@ -311,13 +345,21 @@ def _discover(args: argparse.Namespace) -> int:
                 overrides.append(f"address={args.address}")
             overrides += weights
             config = load_discovery(args.config, overrides)
+            preflight.check_static(config, args.run_dir)
+            if args.run_dir is not None and Discovery.holds_run(args.run_dir):
+                raise FileExistsError(
+                    f"{args.run_dir} already holds a run: resume it with --resume {args.run_dir}"
+                )
+        # then Ray, and whether an evaluator fits, before any actor starts
+        init_ray(args.address or config.address)
+        preflight.check_cluster(config)
+        if not args.resume:
             discovery = Discovery.create(config, args.run_dir)
-    except (ConfigError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, FileExistsError, FileNotFoundError, ConnectionError) as err:
         print(f"rayopt discover: {err}", file=sys.stderr)
         return 2
     from rayopt.search.summary import text
 
-    init_ray(args.address or discovery.config.address)
     print(f"run directory: {discovery.run_dir}", flush=True)
     summary = asyncio.run(discovery.run())
     if args.json:
@@ -367,7 +409,7 @@ def _confirm(args: argparse.Namespace) -> int:
         confirm_finished(
             args.run_dir, overrides, args.address, log=lambda m: print(m, file=stream, flush=True)
         )
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as err:
         print(f"rayopt confirm: {err}", file=sys.stderr)
         return 2
     held = heldout.load(args.run_dir)

@@ -28,10 +28,17 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class PPOSection:
     """PPO settings for discovery. Each env starts from its Table 1 column; ``overrides``
-    apply to every env and ``per_env`` to one (keys: PPOConfig fields)."""
+    apply to every env and ``per_env`` to one (keys: PPOConfig fields). ``truncation:
+    terminate`` is the paper's (and PPOConfig's default) semantics, spelled out so a
+    run's config.yaml records it (docs/evaluator.md)."""
 
     overrides: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"total_timesteps": 40_960, "num_envs": 32, "num_steps": 64}
+        default_factory=lambda: {
+            "total_timesteps": 40_960,
+            "num_envs": 32,
+            "num_steps": 64,
+            "truncation": "terminate",
+        }
     )
     per_env: dict[str, dict[str, Any]] = dataclasses.field(
         default_factory=lambda: {

@@ -59,6 +59,33 @@ class Seen:
         return [m for m in self.json["messages"] if m["role"] != "system"]
 
 
+# ---------------------------------------------------------------- Anthropic's sampling rules
+
+#: Models that answer ``temperature`` with a 400 under any API version (Anthropic removed
+#: the sampling parameters from Claude Opus 4.7 on). The fake's own list, written out,
+#: not rayopt's rule: tests check the rule against it.
+NO_SAMPLING_MODELS = {"claude-opus-4-7", "claude-opus-4-8", "claude-sonnet-5", "claude-opus-5"}
+
+
+def _anthropic_sampling_refusal(seen: Seen) -> Reply | None:
+    """Anthropic's Messages API on sampling parameters: API version 2026-10-21 (what the
+    anthropic SDK >= 2 sends) refuses them all; 2023-06-01 takes ``temperature`` except
+    for NO_SAMPLING_MODELS."""
+    body = seen.json
+    extra = sorted({"temperature", "top_p", "top_k"} & set(body))
+    if not extra:
+        return None
+    if seen.headers.get("anthropic-version") != "2023-06-01":
+        return anthropic_error(
+            400, "invalid_request_error", f"{extra[0]}: Extra inputs are not permitted"
+        )
+    if body.get("model") in NO_SAMPLING_MODELS:
+        return anthropic_error(
+            400, "invalid_request_error", f"`{extra[0]}` is deprecated for this model."
+        )
+    return None
+
+
 # ---------------------------------------------------------------- wire-format builders
 
 _counter = iter(range(1, 10**9))
@@ -280,13 +307,9 @@ class FakeLLMServer:
 
     def _next(self, seen: Seen) -> Reply:
         if seen.path.endswith("/v1/messages"):
-            # Like Anthropic's API version 2026-10-21: sampling parameters are a 400.
-            extra = {"temperature", "top_p", "top_k"} & set(seen.json)
-            if extra:
-                name = sorted(extra)[0]
-                return anthropic_error(
-                    400, "invalid_request_error", f"{name}: Extra inputs are not permitted"
-                )
+            refusal = _anthropic_sampling_refusal(seen)
+            if refusal is not None:
+                return refusal
         if self.responder is not None:
             return self.responder(seen)
         with self._lock:

@@ -320,11 +320,15 @@ def test_population_ranks_curve_and_references(run_dir: Path) -> None:
         "i0-g2-s1": 3.0,
         "i0-g3-s1": 1.0,
     }
+    # the curve ranks candidates and adam (4.5 on both envs, between 5.0 and 4.0) in one
+    # population of 7: adam is 3rd, and every candidate below it moves down one place
+    joint = p0.joint_ranks()
+    assert joint["ref-adam"] == 3.0 and joint["i0-g1-s2"] == 2.0 and joint["init-a"] == 7.0
     curve = p0.curve()
     best = [pt["best_rank"] for pt in curve]
-    assert best == [6.0, 4.0, 4.0, 2.0, 2.0, 1.0]
+    assert best == [7.0, 5.0, 5.0, 2.0, 2.0, 1.0]
+    assert [pt["avg_rank"] for pt in curve] == [joint[c] for c in p0.order]
     assert all(b2 <= b1 for b1, b2 in zip(best, best[1:], strict=False))  # monotone
-    # adam (4.5 on both envs) sits between 5.0 and 4.0: rank 3 of 7
     assert p0.reference_ranks() == {"ref-adam": 3.0}
     assert p1.reference_ranks() == {"ref-adam": 3.0}  # 0.75: between 1.0 and 0.5
     assert p0.top(2) == [("i0-g3-s1", 1.0), ("i0-g1-s2", 2.0)]
@@ -332,6 +336,34 @@ def test_population_ranks_curve_and_references(run_dir: Path) -> None:
     assert p0.lineage("i0-g3-s1") == ["i0-g3-s1", "i0-g1-s2", "i0-g1-s1", "init-a"]
     assert p0.code(["i0-g3-s1"]) == {"i0-g3-s1": CODE.format(x="g*6.0")}
     assert set(p0.env_ranks()["i0-g3-s1"].values()) == {1.0}
+
+
+def test_fig2_ranks_candidates_and_references_in_one_population() -> None:
+    """The issue's three-env example: among the candidates, ``c1`` ranks 1.0; Adam beats
+    it on two envs of three. Ranked in one population (Fig. 2's curve and its reference
+    lines), Adam is 1.33 and ``c1`` 1.67: the curve must not end above Adam's line."""
+    from rayopt.analysis.population import Member, Population
+
+    envs = ["e1", "e2", "e3"]
+    members = {
+        "c1": Member("c1", outcome="evaluated", evaluated_at=1.0, scores=dict.fromkeys(envs, 10.0)),
+        "c2": Member("c2", outcome="evaluated", evaluated_at=2.0, scores=dict.fromkeys(envs, 5.0)),
+        "ref-adam": Member(
+            "ref-adam",
+            mutator="reference",
+            outcome="evaluated",
+            evaluated_at=3.0,
+            scores={"e1": 20.0, "e2": 20.0, "e3": 7.0},
+        ),
+    }
+    pop = Population(None, "x-ms0", 0, envs, members)  # type: ignore[arg-type]
+    assert pop.ranks() == {"c1": 1.0, "c2": 2.0}  # the search's rule: candidates only
+    adam = pop.reference_ranks()["ref-adam"]
+    assert adam == pytest.approx(4 / 3)
+    curve = pop.curve()
+    assert [p["avg_rank"] for p in curve] == pytest.approx([5 / 3, 3.0])
+    assert curve[-1]["best_rank"] == pytest.approx(5 / 3) and curve[-1]["best_id"] == "c1"
+    assert curve[-1]["best_rank"] > adam  # Adam ranks ahead of the best candidate
 
 
 def test_nan_seed_is_left_out_of_the_score_as_the_driver_does(tmp_path: Path) -> None:
@@ -483,7 +515,7 @@ def test_report_renders_with_every_image(run_dir: Path, sweep_dir: Path, tmp_pat
     iqm = pd.read_csv(out / "tables" / "iqm.csv")
     assert len(iqm) == len(res.iqm) == 12
     curve = pd.read_csv(out / "tables" / "meta_training.csv")
-    assert list(curve[curve.run_id == "syn-ms0"]["best_rank"]) == [6.0, 4.0, 4.0, 2.0, 2.0, 1.0]
+    assert list(curve[curve.run_id == "syn-ms0"]["best_rank"]) == [7.0, 5.0, 5.0, 2.0, 2.0, 1.0]
     refs = pd.read_csv(out / "tables" / "references.csv")
     assert list(refs["avg_rank"]) == [3.0, 3.0]
     assert (out / "tables" / "iqm.md").read_text().startswith("| sweep |")
@@ -519,3 +551,116 @@ def test_cli_analyze(
     poi = pd.read_csv(out / "tables" / "poi.csv")
     assert set(zip(poi["x"], poi["y"], strict=True)) == {("good", "bad")}
     assert main(["analyze", str(tmp_path / "missing")]) == 2
+
+
+# ---------------------------------------------------------------- few seeds
+def _few_seed_scores(counts: dict[str, int]) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    rows = [
+        dict(sweep="s", axis="none", axis_value="", optimizer=o, env="CartPole-v1", seed=i, value=v)
+        for o, n in counts.items()
+        for i, v in enumerate(rng.normal(100.0, 10.0, size=n))
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_few_seeds_get_no_interval_or_a_marked_one(tmp_path: Path) -> None:
+    """n < 3: no interval (rliable's would be [x, x] at n = 1, ~50 % coverage at n = 2);
+    n = 3-4: the interval is shown and marked; the legend says both; the plot too."""
+    from rayopt.analysis.plots import small_n_note, sweep_figure
+
+    t = stats.iqm_table(_few_seed_scores({"n1": 1, "n2": 2, "n3": 3, "n4": 4, "n8": 8}), reps=REPS)
+    t = t.set_index("optimizer")
+    assert t.loc[["n1", "n2"], ["ci_low", "ci_high"]].isna().all().all()
+    assert t.loc[["n3", "n4", "n8"], ["ci_low", "ci_high"]].notna().all().all()
+    assert (t.loc[["n3", "n4", "n8"], "ci_low"] < t.loc[["n3", "n4", "n8"], "ci_high"]).all()
+    cells = dict(zip(t.index, stats.iqm_display(t.reset_index())["IQM [95% CI]"], strict=True))
+    assert cells["n1"].endswith("(n=1: no CI)") and cells["n2"].endswith("(n=2: no CI)")
+    assert cells["n3"].endswith("]*") and cells["n4"].endswith("]*")
+    assert cells["n8"].endswith("]") and "*" not in cells["n8"]
+    legend = stats.small_n_legend(t["n"])
+    assert len(legend) == 2 and "2 point(s) with 1 or 2 seed(s): no interval" in legend[0]
+    assert legend[1].startswith("note: * 3 or 4 seeds")
+    assert stats.small_n_legend([5, 8, 16]) == []
+    note = small_n_note(t.reset_index())
+    assert "fewer than 3 seeds, no interval" in note and "3-4 seeds" in note
+    assert small_n_note(t.reset_index()[lambda d: d.n > 4]) == ""
+    files = sweep_figure(t.reset_index(), "none", tmp_path / "few")  # draws without a band
+    assert all(f.stat().st_size > 1000 for f in files)
+
+
+def test_rliable_shim_imports_under_the_installed_pandas() -> None:
+    """In a fresh interpreter (the shim runs at import), under whichever pandas is
+    installed: rliable imports and its IQM works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pandas; from rayopt.analysis._rliable import metrics, rly; import numpy as np; "
+        "print(pandas.__version__, metrics.aggregate_iqm(np.arange(8.0)[:, None]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    version, iqm = proc.stdout.split()
+    assert version == pd.__version__ and float(iqm) == pytest.approx(3.5)
+
+
+def test_rliable_shim_adapts_only_the_pandas_3_signature() -> None:
+    """arch 7 calls ``deprecate_kwarg(old, new)``: pandas 2.x takes that as is (left
+    alone), pandas 3 wants ``(klass, old, new)`` (adapted)."""
+    import pandas.util._decorators as decorators
+
+    from rayopt.analysis._rliable import adapt
+
+    def pandas2(old_arg_name, new_arg_name, mapping=None, stacklevel=2):
+        return ("2", old_arg_name, new_arg_name)
+
+    def pandas3(klass, old_arg_name, new_arg_name, mapping=None, stacklevel=2):
+        return (klass, old_arg_name, new_arg_name)
+
+    assert adapt(pandas2) is None
+    adapted = adapt(pandas3)
+    assert adapted("old", "new") == (FutureWarning, "old", "new")  # arch's call
+    assert adapted(DeprecationWarning, "old", "new") == (DeprecationWarning, "old", "new")
+    installed = adapt(decorators.deprecate_kwarg)
+    assert (installed is None) == (int(pd.__version__.split(".")[0]) < 3)
+    assert decorators.deprecate_kwarg.__name__ == "deprecate_kwarg"  # restored after import
+
+
+# ---------------------------------------------------------------- rayopt evaluate's quick table
+def test_quick_table_skips_and_counts_nan_seeds() -> None:
+    from rayopt.cli import quick_scores
+
+    fr = [1.0, 2.0, float("nan"), 3.0, 4.0, 100.0]
+    q = quick_scores(fr, [1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])
+    assert q["nan"] == 1
+    assert q["final_mean"] == pytest.approx(22.0)  # the five finite seeds
+    assert q["final_iqm"] == pytest.approx(3.0)  # 1 and 100 trimmed, as rliable does
+    assert q["final_iqm"] == pytest.approx(
+        metrics.aggregate_iqm(np.array(fr)[[0, 1, 3, 4, 5], None])
+    )
+    assert q["auc_mean"] == q["auc_iqm"] == 1.0
+    none = quick_scores([float("nan")] * 2, [float("nan")] * 2)
+    assert none["nan"] == 2 and np.isnan(none["final_iqm"]) and np.isnan(none["final_mean"])
+
+
+def test_quick_table_columns_fit_their_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A long optimiser name no longer runs into the env column (real PPO, a tiny run)."""
+    from rayopt.cli import main
+    from rayopt.optim import library
+
+    path = tmp_path / "a_rather_long_optimiser_file_name.py"
+    path.write_text(library.SIGN_UPDATE)
+    argv = ["evaluate", "--optimizers", str(path), "--envs", "CartPole-v1", "--seeds", "2"]
+    assert main([*argv, "--total-timesteps", "1024", "--num-envs", "4", "--fast-compile"]) == 0
+    head, row, note = capsys.readouterr().out.strip().splitlines()
+    assert head.split()[:4] == ["optimizer", "env", "seeds", "nan"]
+    assert row.split()[:4] == ["a_rather_long_optimiser_file_name", "CartPole-v1", "0-1", "0"]
+    assert row.index("CartPole-v1") == head.index("env")  # the column starts where it says
+    assert row.index("CartPole-v1") > len("a_rather_long_optimiser_file_name")
+    for column in ("final_iqm", "run_s"):  # right-aligned numbers end under their header
+        end = head.index(column) + len(column)
+        assert row[end - 1] != " " and (end == len(row) or row[end] == " ")
+    assert "IQM trims nothing below 4 seeds" in note

@@ -57,7 +57,10 @@ def test_confirmation_on_held_out_seeds_once_and_resumable(evaluator_pool, tmp_p
     assert 0.0 <= summary["heldout"]["meta_seeds"][0]["poi"]["adam"]["poi"] <= 1.0
     text = heldout.text(h)
     assert "seeds 100-101" in text and "ms0 best" in text and "best initial" in text
-    assert "2 seeds per env: the intervals are degenerate" in text  # n < 3 is flagged
+    # n < 3 is flagged: no interval in the cells, a warning under the table
+    assert "(n=2: no CI)" in text and "with 2 seed(s): no interval shown" in text
+    held_best = summary["heldout"]["meta_seeds"][0]["heldout"]
+    assert all(v["ci"] == [None, None] for v in held_best.values()), held_best
     # the in-search score sits next to the held-out one (the winner's curse is visible)
     best = h.table[h.table.optimizer == discovered[0]].iloc[0]
     assert best.in_search == pytest.approx(

@@ -96,10 +96,12 @@ def coder_json(code: str = NEW_CODE) -> str:
     return json.dumps({"code": code})
 
 
-def config(server: FakeLLMServer, provider: str = "openai", **overrides) -> LLMConfig:
+def config(
+    server: FakeLLMServer, provider: str = "openai", model: str | None = None, **overrides
+) -> LLMConfig:
     """Tiny backoff and timeouts so failure paths run in milliseconds."""
     if provider == "anthropic":
-        role = {"provider": "anthropic", "model": CLAUDE, "base_url": server.url}
+        role = {"provider": "anthropic", "model": model or CLAUDE, "base_url": server.url}
     elif provider == "openai":
         role = {"provider": "openai", "model": GPT, "base_url": server.url + "/v1"}
     else:
@@ -219,10 +221,57 @@ def test_happy_path_anthropic():
     tb = thinker.json
     assert tb["system"].startswith("You are an AI researcher")
     assert tb["max_tokens"] == 4096 and tb["model"] == CLAUDE
-    # API version 2026-10-21 rejects sampling parameters; none are sent.
-    assert not {"temperature", "top_p", "top_k"} & (set(tb) | set(coder.json))
+    # Sonnet 4.6 takes a temperature: Table 2's reach the wire, under the API version
+    # that still has the parameter (the SDK's default, 2026-10-21, refuses it)
+    assert (tb["temperature"], coder.json["temperature"]) == (0.7, 0.3)
+    assert {r.headers["anthropic-version"] for r in s.requests} == {"2023-06-01"}
+    assert not {"top_p", "top_k"} & (set(tb) | set(coder.json))
     assert [m["role"] for m in coder.turns()] == ["user"]
     assert IDEA in coder.turns()[0]["content"]
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "claude-sonnet-5"])
+def test_anthropic_model_without_sampling_gets_no_temperature(model):
+    """Claude Opus 4.7 and later answer any temperature with a 400: the role defaults to
+    none, nothing is sent, the SDK's own API version goes out, and the call succeeds."""
+    replies = [anthropic_message(thinker_json()), anthropic_message(coder_json())]
+    with FakeLLMServer(replies) as s:
+        cfg = config(s, "anthropic", model=model)
+        assert (cfg.thinker.temperature, cfg.coder.temperature) == (None, None)
+        result = run(propose(cfg, validate=strict_validator))
+    assert result.ok, result.error
+    assert len(s.requests) == 2
+    for r in s.requests:
+        assert r.json["model"] == model
+        assert not {"temperature", "top_p", "top_k"} & set(r.json)
+        assert r.headers["anthropic-version"] != "2023-06-01"  # the SDK's default
+
+
+def test_fake_anthropic_refuses_temperature_where_the_real_api_does():
+    """The fake's rule, checked at the wire with the real SDK: a temperature under the
+    SDK's API version, or for Opus 4.7 under 2023-06-01, is an HTTP 400 (so the tests
+    above would fail if rayopt sent one there)."""
+    import anthropic
+
+    async def send(model, headers):
+        client = anthropic.AsyncAnthropic(api_key=KEY, base_url=s.url, max_retries=0)
+        try:
+            return await client.messages.create(
+                model=model,
+                max_tokens=10,
+                messages=[{"role": "user", "content": "hi"}],
+                extra_body={"temperature": 0.7},
+                extra_headers=headers,
+            )
+        finally:
+            await client.close()
+
+    with FakeLLMServer([anthropic_message("ok")]) as s:
+        with pytest.raises(anthropic.BadRequestError, match="Extra inputs are not permitted"):
+            run(send(CLAUDE, {}))
+        with pytest.raises(anthropic.BadRequestError, match="deprecated for this model"):
+            run(send("claude-opus-4-7", {"anthropic-version": "2023-06-01"}))
+        assert run(send(CLAUDE, {"anthropic-version": "2023-06-01"})).content[0].text == "ok"
 
 
 def test_openai_compatible_base_url_without_key():
@@ -871,8 +920,37 @@ def test_config_defaults_follow_table_2():
     d = LLMConfig.from_dict({"kind": "llm", "thinker": {"model": "gpt-4o"}})
     assert d.thinker.temperature == 0.7 and d.coder.temperature == 0.3
     a = LLMConfig.from_dict({"thinker": {"provider": "anthropic", "model": CLAUDE}})
-    assert a.thinker.temperature is None and a.thinker.key_env == "ANTHROPIC_API_KEY"
+    assert a.thinker.temperature == 0.7 and a.thinker.key_env == "ANTHROPIC_API_KEY"
+    o = LLMConfig.from_dict({"coder": {"provider": "anthropic", "model": "claude-opus-4-7"}})
+    assert o.coder.temperature is None  # refuses sampling parameters: none by default
     assert RoleConfig.for_role("coder").temperature == 0.3
+    assert (
+        RoleConfig.for_role("coder", provider="anthropic", model="claude-opus-4-8").temperature
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    "model,takes",
+    [
+        ("claude-sonnet-4-6", True),
+        ("claude-opus-4-6", True),
+        ("claude-opus-4-1-20250805", True),
+        ("claude-opus-4-20250514", True),
+        ("claude-3-5-sonnet-20241022", True),
+        ("claude-haiku-4-5", True),
+        ("a-proxy-alias", True),
+        ("claude-opus-4-7", False),
+        ("claude-opus-4-8", False),
+        ("us.anthropic.claude-opus-4-7-v1:0", False),
+        ("claude-sonnet-5", False),
+        ("claude-haiku-5-5", False),
+    ],
+)
+def test_anthropic_temperature_rule_per_model(model, takes):
+    from rayopt.search.mutators.config import anthropic_takes_temperature
+
+    assert anthropic_takes_temperature(model) is takes
 
 
 @pytest.mark.parametrize(
@@ -887,7 +965,10 @@ def test_config_defaults_follow_table_2():
         ({"price_table": {"m": {"input": 1, "output": "x"}}}, r"price_table.m.output"),
         ({"concurrency": {"openia": 2}}, r"unknown provider 'openia'"),
         ({"kind": "ast"}, r"kind must be 'llm'"),
-        ({"thinker": {"provider": "anthropic", "temperature": 0.7}}, r"set temperature: null"),
+        (
+            {"thinker": {"provider": "anthropic", "model": "claude-opus-4-7", "temperature": 0.7}},
+            r"claude-opus-4-7 takes no temperature.*set temperature: null",
+        ),
         ({"coder": {"provider": "openai_compatible"}}, r"needs base_url"),
         ({"thinker": {"provider": "gemini"}}, r"provider must be one of"),
         ({"max_coder_attempts": 0}, r"max_coder_attempts must be >= 1"),

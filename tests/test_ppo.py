@@ -89,8 +89,10 @@ def test_cartpole_adam_learns():
     m = train_seeds(trainer, range(4)).metrics
     assert m.finite.all()
     assert float(np.mean(m.final_return)) >= 400, m.final_return
-    # AUC is the mean of the curve: below the final return for a learning curve
-    assert np.all(m.auc < m.final_return + 1e-3)
+    # AUC is the mean of the curve: below the final return for a learning curve, over the
+    # seeds (one seed may dip at the end: with the paper's truncation, seed 0 reaches 500
+    # and ends at 396)
+    assert float(np.mean(m.auc)) < float(np.mean(m.final_return))
     assert m.return_curve[:, 0].mean() < 50  # and it started near a random policy
 
 
@@ -116,6 +118,27 @@ def test_config_validation():
     assert (c.num_envs, c.num_steps, c.total_timesteps, c.num_minibatches) == (4, 128, 500_000, 4)
     m = config_for("spaceinvaders")
     assert (m.num_envs, m.num_steps, m.total_timesteps, m.num_minibatches) == (64, 128, 10**7, 8)
+
+
+def test_truncation_default_is_the_papers_everywhere_it_is_reproduced():
+    """OPEN and PureJaxRL (old gymnax API) end an episode at a time limit: ``terminate``
+    is the default of PPOConfig, of the embedded (quickstart) config and of every shipped
+    config; ``bootstrap`` stays an option."""
+    from pathlib import Path
+
+    from rayopt.analysis.sweep import load_sweep
+    from rayopt.config import DiscoveryConfig, load_discovery
+
+    assert config_for("freeway").truncation == "terminate"
+    assert config_for("freeway", truncation="bootstrap").truncation == "bootstrap"
+    root = Path(__file__).parent.parent / "configs"
+    for cfg in [DiscoveryConfig().validate(), load_discovery(root / "bench/discovery-gain.yaml")]:
+        assert {cfg.ppo_config(e).truncation for e in cfg.envs} == {"terminate"}
+    paper = load_discovery(root / "paper.yaml", ["mutator.kind=offline", "mutator.llm={}"])
+    assert {paper.ppo_config(e).truncation for e in paper.envs} == {"terminate"}
+    for f in sorted((root / "sweeps").glob("*.yaml")):
+        sweep = load_sweep(f)
+        assert {sweep.ppo_config(e, v).truncation for v, e in sweep.points()} == {"terminate"}, f
 
 
 @pytest.mark.slow

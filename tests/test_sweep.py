@@ -84,7 +84,9 @@ def test_paper_and_cpu_configs_load() -> None:
     for f in files:
         cfg = load_sweep(f)
         if not f.stem.endswith("-cpu"):
-            assert cfg.seeds == 16 and not cfg.ppo.overrides, f  # paper scale: Table 1
+            # paper scale: Table 1, with the paper's truncation semantics spelled out
+            assert cfg.seeds == 16 and cfg.ppo.overrides == {"truncation": "terminate"}, f
+        assert all(cfg.ppo_config(env, v).truncation == "terminate" for v, env in cfg.points())
         assert cfg.points(), f
 
 

@@ -16,7 +16,8 @@ manifest and its search rows):
   training envs (rliable's probability of improvement, averaged over envs), with
   bootstrap CIs.
 
-Fewer than 3 seeds give degenerate intervals: the tables say so.
+Fewer than 3 seeds give no interval, and 3-4 seeds a marked one (``stats.iqm_cell``): the
+tables say so (``stats.small_n_legend``).
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def display(h: HeldOut) -> pd.DataFrame:
                 row[env] = "-"
                 continue
             r = r.iloc[0]
-            row[env] = f"{stats._fmt(r.iqm)} [{stats._fmt(r.ci_low)}, {stats._fmt(r.ci_high)}]"
+            row[env] = stats.iqm_cell(r.iqm, r.ci_low, r.ci_high, int(r.n))
             row[f"{env} (in search)"] = stats._fmt(r.in_search)
         for y in (h.best_initial, "adam"):
             c = (
@@ -260,8 +261,5 @@ def text(h: HeldOut) -> str:
         f"held-out confirmation: seeds {h.seeds[0]}-{h.seeds[-1]} ({n} per env), "
         "IQM [95% bootstrap CI]; in search: mean over the search's seeds"
     )
-    if n < 3:
-        head += f"\nwarning: {n} seeds per env: the intervals are degenerate (need >= 3)"
-    elif n < 5:
-        head += f"\nnote: {n} seeds per env: intervals this small cover less than 95 %"
-    return head + "\n" + stats.to_text(display(h))
+    legend = "".join(f"{x}\n" for x in stats.small_n_legend(h.table["n"]))
+    return head + "\n" + stats.to_text(display(h)) + legend

@@ -2,12 +2,16 @@
 
 - Fig. 2 :func:`meta_training`: best average rank so far against candidates evaluated,
   per meta-seed, with each candidate's rank as a dot and the references' ranks as
-  dashed lines (rank 1 = best, drawn at the top).
+  dashed lines (rank 1 = best, drawn at the top); candidates and references are ranked
+  in one population (:meth:`rayopt.analysis.population.Population.joint_ranks`).
 - Figs. 3-4 :func:`sweep_figure` on a numeric axis (training length, hidden size): IQM
   per optimiser against the axis with the 95 % CI as a band, one panel per env, the
   in-distribution value as a dashed red line.
 - Figs. 5-6 :func:`sweep_figure` on a categorical axis (activation, env, none): IQM
   bars with CI whiskers, one panel per env.
+- Few seeds (``stats.MIN_SEEDS_CI``, ``stats.FEW_SEEDS``): a point with fewer than 3
+  seeds has no band or whisker and a hollow marker (hatched bar); the figure says so
+  under the panels, and that intervals over 3-4 seeds cover less than 95 %.
 - :func:`profile_figure`: rliable performance profiles of a sweep.
 """
 
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display on a cluster or in CI
@@ -27,7 +32,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from rayopt.analysis.stats import axis_sort_key, env_order, optimizer_order  # noqa: E402
+from rayopt.analysis.stats import (  # noqa: E402
+    FEW_SEEDS,
+    MIN_SEEDS_CI,
+    axis_sort_key,
+    env_order,
+    optimizer_order,
+)
 
 AXIS_LABEL = {
     "total_timesteps": "total timesteps",
@@ -81,9 +92,10 @@ def _grid(
     return fig, flat[:n]
 
 
-def _legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
-    if handles:  # constrained layout makes room below the panels
-        fig.legend(
+def _legend(fig: Any, handles: list[Any], labels: list[str], note: str = "") -> None:
+    """The legend below the panels (constrained layout makes room), ``note`` as its title."""
+    if handles:
+        legend = fig.legend(
             handles,
             labels,
             loc="outside lower center",
@@ -91,6 +103,9 @@ def _legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
             frameon=False,
             fontsize=8,
         )
+        if note:  # as the legend's title: inside the layout, never over the entries
+            legend.set_title(note, prop={"size": 7})
+            legend.get_title().set_color("#a00")
 
 
 # ------------------------------------------------------------------ Fig. 2
@@ -139,7 +154,7 @@ def meta_training(
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.invert_yaxis()  # rank 1 (best) at the top, as the paper's "max" curve rises
     ax.set_xlabel("candidates evaluated")
-    ax.set_ylabel("average rank over envs (1 = best)")
+    ax.set_ylabel("average rank over envs (1 = best)\ncandidates and references ranked together")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if runs:
@@ -185,8 +200,23 @@ def sweep_figure(
     if title:
         fig.suptitle(title)
     labels = [n for n in names if n in handles]
-    _legend(fig, [handles[n] for n in labels], labels)
+    _legend(fig, [handles[n] for n in labels], labels, small_n_note(table))
     return save(fig, path_stem)
+
+
+def small_n_note(table: pd.DataFrame) -> str:
+    """What a sweep figure says about its points with few seeds ("" if none)."""
+    if "n" not in table or table.empty:
+        return ""
+    n = table["n"].to_numpy(int)
+    parts = []
+    if (n < MIN_SEEDS_CI).any():
+        parts.append(
+            f"hollow/hatched: fewer than {MIN_SEEDS_CI} seeds, no interval (it would be degenerate)"
+        )
+    if ((n >= MIN_SEEDS_CI) & (n <= FEW_SEEDS)).any():
+        parts.append(f"{MIN_SEEDS_CI}-{FEW_SEEDS} seeds: the intervals cover less than 95 %")
+    return "; ".join(parts)
 
 
 def _lines(
@@ -203,6 +233,9 @@ def _lines(
         d = d.assign(x=d["axis_value"].astype(float)).sort_values("x")
         (line,) = ax.plot(d["x"], d["iqm"], marker="o", ms=3.5, color=colour[n], lw=1.6)
         ax.fill_between(d["x"], d["ci_low"], d["ci_high"], color=colour[n], alpha=0.18, lw=0)
+        if "n" in d:  # no interval below MIN_SEEDS_CI seeds: a hollow marker says so
+            few = d[d["n"].to_numpy(int) < MIN_SEEDS_CI]
+            ax.plot(few["x"], few["iqm"], "o", ms=6, mfc="white", mec=colour[n], mew=1.4)
         handles.setdefault(n, line)
 
 
@@ -221,17 +254,19 @@ def _bars(
         d = t[t["optimizer"] == n].set_index("axis_value").reindex(values)
         x = np.arange(len(values)) + (j - (len(present) - 1) / 2) * width
         iqm = d["iqm"].to_numpy(float)
-        err = np.vstack([iqm - d["ci_low"].to_numpy(float), d["ci_high"].to_numpy(float) - iqm])
-        bars = ax.bar(
-            x,
-            iqm,
-            width=width,
-            color=colour[n],
-            yerr=np.nan_to_num(err),
-            capsize=2,
-            error_kw=dict(lw=0.8),
-        )
-        handles.setdefault(n, bars)
+        lo, hi = d["ci_low"].to_numpy(float), d["ci_high"].to_numpy(float)
+        bars = ax.bar(x, iqm, width=width, color=colour[n])
+        has_ci = np.isfinite(lo) & np.isfinite(hi)  # whiskers only where there is an interval
+        if has_ci.any():
+            m = iqm[has_ci]
+            err = np.vstack([m - lo[has_ci], hi[has_ci] - m])
+            ax.errorbar(x[has_ci], m, yerr=err, fmt="none", ecolor="black", lw=0.8, capsize=2)
+        if "n" in d:  # no interval below MIN_SEEDS_CI seeds: a hatched bar says so
+            for bar, k in zip(bars, d["n"].fillna(0).to_numpy(int), strict=True):
+                if k < MIN_SEEDS_CI:
+                    bar.set_hatch("///")
+                    bar.set_edgecolor("white")
+        handles.setdefault(n, matplotlib.patches.Patch(color=colour[n]))
     show_ticks = axis in ("activation",)
     ax.set_xticks(np.arange(len(values)))
     ax.set_xticklabels(values if show_ticks else ["" for _ in values])

@@ -14,11 +14,19 @@ Definitions (docs/analysis.md):
   them out; an env with no finite return scores NaN.
 - **Average rank**: :func:`rayopt.search.archive.average_ranks` over the population (1 =
   best), plus the run's literal penalty (``search.rank_penalty`` of its config, the rule
-  the driver selects by) per introduced literal.
-- **Reference rank**: a reference's average rank in the population with it added (alone).
+  the driver selects by) per introduced literal. This is the search's own rule (its
+  archives hold no reference): :meth:`Population.ranks` and :meth:`Population.top`.
+- **Joint rank** (Fig. 2, the references table): the average rank in *one* population
+  of every member and every reference (N + R entries; references carry no penalty),
+  :meth:`Population.joint_ranks`. A reference's rank is its joint rank, so a reference
+  line and a candidate's point answer the same question: ranked together, who is ahead?
+  (Ranking the candidates among themselves and each reference in the population with it
+  added puts them on different scales: with three envs a candidate can rank 1.0 among
+  the candidates and Adam 1.33 with it added, while ranked together Adam is 1.33 and
+  the candidate 1.67, Adam ahead on two envs of three.)
 - **Meta-training curve** (Fig. 2): members in the order of their ``evaluated`` events;
-  point k is the best average rank among the first k members, ranks taken in the *final*
-  population, so the curve is monotone and every point is on the references' scale.
+  point k is the best joint rank among the first k members, ranks taken in the *final*
+  joint population, so the curve is monotone and on the references' scale.
 """
 
 from __future__ import annotations
@@ -123,23 +131,25 @@ class Population:
                 out[i][env] = float(x)
         return out
 
+    @functools.cached_property
+    def _joint(self) -> dict[str, float]:
+        ids = [*self.order, *self.references]
+        ms = [self.members[i] for i in ids]
+        penalties = [0.0 if m.is_reference else self.penalty(m) for m in ms]
+        r = average_ranks([m.scores for m in ms], self.envs, penalties)
+        return dict(zip(ids, (float(x) for x in r), strict=True))
+
+    def joint_ranks(self) -> dict[str, float]:
+        """Average rank of every member and every reference, ranked in one population."""
+        return dict(self._joint)
+
     def reference_ranks(self) -> dict[str, float]:
-        """Each reference's average rank in the population with it added alone."""
-        ms = [self.members[i] for i in self.order]
-        out = {}
-        for rid in self.references:
-            ref = self.members[rid]
-            r = average_ranks(
-                [*(m.scores for m in ms), ref.scores],
-                self.envs,
-                [*(self.penalty(m) for m in ms), 0.0],
-            )
-            out[rid] = float(r[-1])
-        return out
+        """Each reference's joint rank (ranked with every member and the other references)."""
+        return {rid: self._joint[rid] for rid in self.references}
 
     def curve(self) -> list[dict[str, Any]]:
-        """The Fig. 2 curve: one point per member in evaluation order."""
-        ranks = self.ranks()
+        """The Fig. 2 curve: one point per member in evaluation order, joint ranks."""
+        ranks = self.joint_ranks()
         best = math.inf
         best_id = None
         points = []

@@ -177,6 +177,7 @@ def _discovery_tables(
     rows = []
     for pop in pops:
         env_ranks = pop.env_ranks()
+        joint = pop.joint_ranks()
         for place, (cid, rank) in enumerate(pop.top(k), start=1):
             m = pop.members[cid]
             rows.append(
@@ -186,6 +187,7 @@ def _discovery_tables(
                     place=place,
                     candidate_id=cid,
                     avg_rank=rank,
+                    rank_with_refs=joint[cid],
                     population=len(pop.order),
                     mutator=m.mutator,
                     lineage=" <- ".join(pop.lineage(cid)),
@@ -242,7 +244,8 @@ def _write_tables(
         files.append(p)
         if shown is not None:
             p = d / f"{name}.md"
-            p.write_text(stats.to_markdown(shown))
+            legend = stats.small_n_legend(raw["n"]) if name == "iqm" and not raw.empty else []
+            p.write_text(stats.to_markdown(shown) + "".join(f"\n{x}\n" for x in legend))
             files.append(p)
     return files
 
@@ -353,6 +356,8 @@ def _echo(
     if not iqm.empty:
         log(f"IQM with 95% stratified bootstrap CIs ({stats.KEY[-2]} x env x axis value):")
         log(stats.to_text(stats.iqm_display(iqm)))
+        for line in stats.small_n_legend(iqm["n"]):
+            log(line)
     if not poi.empty:
         log("Probability of improvement P(X > Y), over envs:")
         log(stats.to_text(poi[poi["env"] == stats.ALL_ENVS].drop(columns=["env"])))
@@ -462,10 +467,13 @@ def _html(
         parts.append(
             "<p>Population: every evaluated candidate of a meta-seed (references "
             "excluded). Average rank: mean over the meta-training envs of the rank by "
-            "mean final return (1 = best). The curve is the best average rank among "
-            "the first k candidates in evaluation order, ranks taken in the final "
-            "population; a reference's rank is its average rank in the population with "
-            "it added alone.</p>"
+            "mean final return (1 = best), among the candidates (the search's rule, "
+            "<i>avg_rank</i>). The curve and the references' lines use joint ranks: "
+            "every candidate and every reference ranked in one population "
+            "(<i>rank_with_refs</i> in the table of best candidates), so a point below a "
+            "reference's line is a candidate ranked ahead of it. The curve is the best "
+            "joint rank among the first k candidates in evaluation order, ranks taken in "
+            "the final population.</p>"
         )
         parts.append(_figure(figures.get("fig2"), out, "Meta-training curve (Fig. 2)"))
         parts.append("<h3>References in the population</h3>" + _table(refs))
@@ -505,7 +513,11 @@ def _html(
             f"{e(str(sorted(set(t['n']))))}.</p>"
         )
         parts.append(_figure(figures.get(f"sweep:{sweep}"), out, f"{sweep}: IQM with 95% CIs"))
-        parts.append("<h3>IQM with 95% CIs</h3>" + _table(stats.iqm_display(t)))
+        parts.append(
+            "<h3>IQM with 95% CIs</h3>"
+            + _table(stats.iqm_display(t))
+            + "".join(f"<p><b>{e(x)}</b></p>" for x in stats.small_n_legend(t["n"]))
+        )
         p = poi[poi["sweep"] == sweep] if not poi.empty else poi
         if not p.empty:
             parts.append("<h3>Probability of improvement P(X &gt; Y)</h3>" + _table(p))
@@ -529,10 +541,8 @@ def _heldout_html(scanned: Sequence[Scan], opts: AnalysisOptions) -> str:
         if h is None:
             continue
         n = len(h.seeds)
-        warn = (
-            f"<p><b>{n} seeds per env: the intervals are degenerate (need at least 3).</b></p>"
-            if n < 3
-            else ""
+        warn = "".join(
+            f"<p><b>{html.escape(x)}</b></p>" for x in stats.small_n_legend(h.table["n"])
         )
         parts.append(
             f"<h2 id='heldout-{html.escape(h.name)}'>Held-out confirmation: "

@@ -538,11 +538,13 @@ async def run_sweep(
         head = f"[{time.monotonic() - t0:6.0f}s] {done}/{len(todo)} {point}"
         if out.ok:
             fr = np.asarray(out.final_return, float)
+            nan = int((~np.isfinite(fr)).sum())
             fr = fr[np.isfinite(fr)]
             iqm = float(metrics.aggregate_iqm(fr[:, None])) if fr.size else math.nan
             log(
-                f"{head}: final return IQM {iqm:.2f} over {len(w.seeds)} seeds "
-                f"(compile {out.compile_s:.0f}s, run {out.run_s:.0f}s)"
+                f"{head}: final return IQM {iqm:.2f} over {fr.size} seeds"
+                + (f" ({nan} NaN left out)" if nan else "")
+                + f" (compile {out.compile_s:.0f}s, run {out.run_s:.0f}s)"
             )
         else:
             failed += 1
@@ -568,10 +570,14 @@ def sweep(
     from rayopt.results.journal import compact
     from rayopt.search.evaluator import Bounds, EvaluatorPool
     from rayopt.search.fleet import init_ray, start_evaluators
+    from rayopt.search.preflight import check_cluster, check_writable
 
-    out = Path(out_dir)
+    out = check_writable(out_dir)
     optimizers = resolve_optimizers(cfg.optimizers, cfg.open_weights)
     todo, skipped, created = plan(cfg, optimizers, out)
+    if todo:  # Ray, and an evaluator that fits, before anything is written
+        init_ray(cfg.address)
+        check_cluster(cfg)  # else one line (a ConfigError), before any actor starts
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(cfg, optimizers, out)
     seeds_left = sum(len(w.seeds) for w in todo)
@@ -583,7 +589,6 @@ def sweep(
     summary = dict(out=str(out), sweep=cfg.name, skipped=skipped, evaluated=0, failed=0, rows=0)
     if not todo:
         return summary
-    init_ray(cfg.address)
     actors = start_evaluators(cfg)  # reads only cfg.evaluator
     try:
         pool = EvaluatorPool(

@@ -27,9 +27,11 @@ from rayopt.rl.networks import MLP, dormancy, layer_proportions, layer_tree
 class PPOConfig:
     """PPO hyperparameters; defaults are Table 1's MinAtar column.
 
-    ``truncation``: ``bootstrap`` (default) treats a time-limit end as non-terminal and
-    bootstraps from ``V(final_observation)`` (Pardo et al., 2018); ``terminate`` treats
-    it as a terminal state, as OPEN and PureJaxRL do with the old gymnax API.
+    ``truncation``: ``terminate`` (default, the paper's semantics) treats a time-limit
+    end as a terminal state, as OPEN and PureJaxRL did on the old gymnax API (and as the
+    published OPEN checkpoints were meta-trained); ``bootstrap`` treats it as
+    non-terminal and bootstraps from ``V(final_observation)`` (Pardo et al., 2018).
+    See docs/evaluator.md ("Truncation") for where they differ, measured.
     """
 
     env: str = "Breakout-MinAtar"
@@ -47,7 +49,7 @@ class PPOConfig:
     hidden_size: int = 64
     num_hidden_layers: int = 2
     activation: str = "relu"
-    truncation: str = "bootstrap"
+    truncation: str = "terminate"
 
     def __post_init__(self) -> None:
         if self.activation not in ("relu", "tanh"):

@@ -124,8 +124,12 @@ def confirm_finished(
 
         data = apply_overrides({"confirm": dataclasses.asdict(section)}, overrides)
         section = from_dict(ConfirmSection, data["confirm"], where="confirm")
+    from rayopt.search.preflight import check_cluster, check_writable
+
     confirm_config(cfg, run_dir, section)  # a bad selection fails before Ray starts
+    check_writable(run_dir, "run directory")
     init_ray(address or cfg.address)
+    check_cluster(cfg)  # one evaluator fits, or a one-line error before any actor starts
     actors = start_evaluators(cfg)
     try:
         pool = EvaluatorPool(

@@ -95,6 +95,11 @@ class Discovery:
         (run_dir / CONFIG_FILE).write_text(dump(config))
         return cls(config, run_dir, **pools)
 
+    @staticmethod
+    def holds_run(run_dir: str | Path) -> bool:
+        """Whether ``run_dir`` already holds a run (its config or journal files)."""
+        return _holds_run(Path(run_dir))
+
     @classmethod
     def load(
         cls, run_dir: str | Path, overrides: list[str] | None = None, **pools: Any

@@ -11,8 +11,13 @@ from typing import Any
 
 import ray
 
-from rayopt.config import DiscoveryConfig
+from rayopt.config import ConfigError, DiscoveryConfig
 from rayopt.search.evaluator import EvaluatorActor, actor_env
+
+
+class NoEvaluatorFits(ConfigError, RuntimeError):
+    """The cluster cannot hold one evaluator as configured (a config error the CLIs
+    report in one line; a RuntimeError to callers that start evaluators directly)."""
 
 
 def init_ray(address: str | None) -> None:
@@ -92,6 +97,37 @@ def evaluator_demand(cfg: DiscoveryConfig) -> tuple[float, float, dict[str, floa
     return 0.0, ev.num_cpus, {}
 
 
+def evaluator_count(cfg: DiscoveryConfig) -> int:
+    """How many evaluators :func:`start_evaluators` will start on this cluster (Ray must
+    be initialised); raises :class:`NoEvaluatorFits` when not one fits, before any actor
+    is started. ``evaluator.count`` set: that many (an autoscaling cluster starts nodes
+    for them). CPU-only default: one per node with CPUs."""
+    ev = cfg.evaluator
+    gpus, cpus, custom = evaluator_demand(cfg)
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    if not gpus and not custom and ev.count == 0:
+        if not nodes:
+            raise NoEvaluatorFits("no evaluator fits: the Ray cluster has no node with CPUs")
+        return len(nodes)
+    total = ray.cluster_resources()
+    per = {"GPU": gpus, **custom} if gpus else dict(custom)
+    count = ev.count or min((int(total.get(k, 0) // v) for k, v in per.items()), default=0)
+    if count == 0:
+        have = ", ".join(f"{k} {total.get(k, 0):g}" for k in per)
+        need = ", ".join(f"{k} {v:g}" for k, v in per.items())
+        hint = (
+            " (this machine has no GPU: evaluator.num_gpus=0 runs on CPUs)"
+            if "GPU" in per and not total.get("GPU")
+            else ""
+        )
+        raise NoEvaluatorFits(
+            f"no evaluator fits: each needs {need}, the cluster has {have}{hint}; start nodes "
+            "that offer them (ray start --num-gpus / --resources) or set evaluator.count "
+            "(an autoscaling cluster then starts nodes for them)"
+        )
+    return count
+
+
 def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
     """Evaluator actors for this cluster.
 
@@ -115,6 +151,7 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
 
     ev = cfg.evaluator
     gpus, cpus, custom = evaluator_demand(cfg)
+    count = evaluator_count(cfg)
     out = Evaluators()
     if not gpus and not custom and ev.count == 0:  # CPU-only default: one per node
         for n in (n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0):
@@ -129,14 +166,6 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
 
     total = ray.cluster_resources()
     per = {"GPU": gpus, **custom} if gpus else dict(custom)
-    count = ev.count or min((int(total.get(k, 0) // v) for k, v in per.items()), default=0)
-    if count == 0:
-        raise RuntimeError(
-            f"no evaluator fits: each needs {per}, the cluster has "
-            f"{ {k: total.get(k, 0) for k in per} }. Start nodes that offer these resources "
-            "(ray start --num-gpus / --resources), or set evaluator.count (an autoscaling "
-            "cluster then starts nodes for them)."
-        )
     if not cpus:  # CPU-only with a count: split the smallest node's CPUs between them
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
         cpus = max(1, int(min(n["Resources"]["CPU"] for n in nodes) // max(1, count // len(nodes))))

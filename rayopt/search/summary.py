@@ -55,7 +55,7 @@ def progress_line(
         gens = f"{sum(s.finished)}/{cfg.search.generations * cfg.islands.count}"
         parts.append(
             f"ms{s.meta_seed}: gens {gens}, {s.evaluated} evaluated, {s.duplicates} dup, "
-            f"{s.dropped + s.failed} failed; best {found.id if found else '-'} "
+            f"{s.dropped + s.failed} failed; best discovered {found.id if found else '-'} "
             f"[{_returns(found, cfg.envs)}] vs initial {initial.name if initial else '-'} "
             f"[{_returns(initial, cfg.envs)}]"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,40 @@ DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 _ROLE_TEMPERATURE = {"thinker": THINKER_TEMPERATURE, "coder": CODER_TEMPERATURE}
 
+#: The Anthropic API version a request with ``temperature`` is sent under. The version the
+#: anthropic SDK >= 2 sends by default, 2026-10-21, removed ``temperature``/``top_p``/``top_k``
+#: from the Messages API for every model (HTTP 400 "Extra inputs are not permitted"; the
+#: SDK dropped the arguments); under 2023-06-01 models before Claude Opus 4.7 still take it.
+ANTHROPIC_SAMPLING_API_VERSION = "2023-06-01"
+
+#: The first Claude version without sampling parameters: Opus 4.7 (and 4.8, the Claude 5
+#: family after it) answer ``temperature`` with HTTP 400 "`temperature` is deprecated for
+#: this model" under any API version (Anthropic's migration guide, "Sampling parameters
+#: removed").
+ANTHROPIC_NO_SAMPLING_FROM = (4, 7)
+_CLAUDE_VERSION = re.compile(r"claude-(?:[a-z]+-)?(\d+)(?:[-.](\d{1,2}))?(?!\d)")
+
+
+def anthropic_takes_temperature(model: str) -> bool:
+    """Whether Anthropic's Messages API takes ``temperature`` for ``model`` (under API
+    version ANTHROPIC_SAMPLING_API_VERSION): False from Claude Opus 4.7 on (the version
+    in the id: ``claude-opus-4-7``, ``claude-sonnet-5``, ``us.anthropic.claude-opus-4-8-v1``),
+    True for earlier ones (``claude-sonnet-4-6``, ``claude-3-5-sonnet-20241022``) and for
+    ids without a Claude version (a proxy's alias: it gets what the config says)."""
+    m = _CLAUDE_VERSION.search(model.lower())
+    if m is None:
+        return True
+    return (int(m.group(1)), int(m.group(2) or 0)) < ANTHROPIC_NO_SAMPLING_FROM
+
+
+def _default_temperature(role: str, section: Mapping[str, Any]) -> float | None:
+    """Table 2's temperature for ``role``, unless the role's model refuses one."""
+    if section.get("provider") == "anthropic" and not anthropic_takes_temperature(
+        str(section.get("model", PAPER_MODEL))
+    ):
+        return None
+    return _ROLE_TEMPERATURE[role]
+
 
 __all__ = ["ConfigError", "LLMConfig", "Price", "PromptPaths", "RoleConfig"]
 
@@ -40,9 +75,10 @@ __all__ = ["ConfigError", "LLMConfig", "Price", "PromptPaths", "RoleConfig"]
 class RoleConfig:
     """Where one role (thinker or coder) sends its requests.
 
-    ``temperature`` None means "do not send one". It must be None for ``anthropic``:
-    Anthropic's API version 2026-10-21, which anthropic SDK 2.x sends, answers 400 to
-    any sampling parameter (the SDK no longer has them).
+    ``temperature`` None means "do not send one". For ``anthropic`` it is sent (in the
+    body, under API version ANTHROPIC_SAMPLING_API_VERSION) to models that take it, and
+    must be None for those that do not (:func:`anthropic_takes_temperature`: Claude Opus
+    4.7 and later); a role's default is Table 2's temperature where the model takes one.
     """
 
     provider: str = "openai"
@@ -63,10 +99,14 @@ class RoleConfig:
             raise ConfigError(
                 "provider openai_compatible needs base_url (e.g. http://127.0.0.1:8000/v1)"
             )
-        if self.provider == "anthropic" and self.temperature is not None:
+        if (
+            self.provider == "anthropic"
+            and self.temperature is not None
+            and not anthropic_takes_temperature(self.model)
+        ):
             raise ConfigError(
-                "anthropic: the Messages API (version 2026-10-21, sent by anthropic SDK 2.x) "
-                "rejects temperature/top_p/top_k with HTTP 400; set temperature: null"
+                f"anthropic: {self.model} takes no temperature (Anthropic removed the "
+                "sampling parameters from Claude Opus 4.7 on: HTTP 400); set temperature: null"
             )
         if self.provider == "anthropic" and self.json_mode:
             raise ConfigError("json_mode is an OpenAI chat-completions option; not for anthropic")
@@ -85,9 +125,9 @@ class RoleConfig:
     @classmethod
     def for_role(cls, role: str, **overrides: Any) -> RoleConfig:
         """A role config with the paper's temperature for ``role`` unless overridden
-        (none for anthropic, which refuses one)."""
-        if "temperature" not in overrides and overrides.get("provider") != "anthropic":
-            overrides["temperature"] = _ROLE_TEMPERATURE[role]
+        (none for an Anthropic model that refuses one)."""
+        if "temperature" not in overrides:
+            overrides["temperature"] = _default_temperature(role, overrides)
         return cls(**overrides)
 
 
@@ -200,7 +240,8 @@ class LLMConfig:
 
         Raises ConfigError for unknown keys, wrong types and bad values; its message
         names the key path under ``where``. Role sections start from the role's defaults
-        (thinker 0.7, coder 0.3; no temperature for anthropic). Relative prompt paths are
+        (thinker 0.7, coder 0.3; none for an Anthropic model that refuses one, see
+        :func:`anthropic_takes_temperature`). Relative prompt paths are
         made absolute against ``base_dir`` (default: the current directory) here, in the
         driver, because Ray workers run elsewhere.
         """
@@ -215,8 +256,8 @@ class LLMConfig:
                         f"{where}.{role}: expected a mapping, got {type(section).__name__}"
                     )
                 section = dict(section)
-                if "temperature" not in section and section.get("provider") != "anthropic":
-                    section["temperature"] = _ROLE_TEMPERATURE[role]
+                if "temperature" not in section:
+                    section["temperature"] = _default_temperature(role, section)
                 data[role] = section
         config = from_dict(cls, data, where)
         base = Path(base_dir) if base_dir is not None else Path.cwd()

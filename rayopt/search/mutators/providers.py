@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rayopt.search.mutators.base import CallRecord, emit_call
-from rayopt.search.mutators.config import Price, RoleConfig
+from rayopt.search.mutators.config import ANTHROPIC_SAMPLING_API_VERSION, Price, RoleConfig
 
 log = logging.getLogger(__name__)
 
@@ -293,12 +293,22 @@ class ChatClient:
     ) -> ChatReply:
         c = self.config
         if c.provider == "anthropic":
+            extra: dict[str, Any] = {}
+            if c.temperature is not None:
+                # SDK >= 2 has no temperature argument and sends API version 2026-10-21,
+                # which refuses it for every model; under 2023-06-01 the models that still
+                # take one do (config.anthropic_takes_temperature). Only then is it sent.
+                extra = dict(
+                    extra_body={"temperature": c.temperature},
+                    extra_headers={"anthropic-version": ANTHROPIC_SAMPLING_API_VERSION},
+                )
             msg = await client.messages.create(
                 model=c.model,
                 system=system,
                 messages=list(messages),
                 max_tokens=c.max_tokens,
                 timeout=c.timeout_s,
+                **extra,
             )
             text = "".join(getattr(b, "text", "") for b in msg.content if b.type == "text")
             u = msg.usage
