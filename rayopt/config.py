@@ -168,8 +168,8 @@ class EvaluatorSection:
     # Bounded evaluations (docs/program.md): an evaluation may run max_slowdown x the time
     # Adam takes for the same (env, PPO config, seeds) on the same evaluator (measured once)
     # plus deadline_floor_s; past it the evaluator process is killed (Ray restarts it) and
-    # the evaluation journalled as `timeout`. 0 turns the deadline off. Measured (CPU):
-    # the paper's 7 optimisers are 0.9-1.9x Adam and OPEN ~4.3x (benchmarks/bounded.py).
+    # the evaluation journalled as `timeout`. 0 turns the deadline off. Measured (2-core
+    # CPU, benchmarks/bounded.py): the paper's 7 optimisers 1.0-2.1x Adam, OPEN 6.8x.
     max_slowdown: float = 10.0
     deadline_floor_s: float = 60.0
     compile_timeout_s: float = 900.0  # compiling one evaluation (and its memory check)

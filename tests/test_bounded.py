@@ -31,10 +31,13 @@ from rayopt.search.driver import Discovery
 from rayopt.search.evaluator import Bounds, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
 
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, total_timesteps=256)
+# 16 updates: the slow program runs ~25 s, 10x its deadline even when a loaded machine
+# slows Adam's reference run (4 updates left only ~2x, and it once finished in time)
+LONGER = dict(TINY, total_timesteps=1024)
 SMALL = {"evaluator.max_slowdown": 3.0, "evaluator.deadline_floor_s": 2.0}
 SLACK_S = 5.0  # how late the pool may notice a deadline on a loaded 2-core machine
 # 16 chained (256, 256) matmuls per tensor per update: half a second on the probe, about
-# 100x Adam's run time in the tiny PPO below (the issue's (512, 512) chain is 8x more
+# 50-100x Adam's run time in the tiny PPO below (the issue's (512, 512) chain is 8x more
 # work, past the sandbox's 10 s on a loaded 2-core machine)
 SLOW = matmul_chain(256)
 
@@ -64,7 +67,7 @@ def test_probe_passes_what_real_shapes_cannot_afford():
 def test_sweep_stops_a_slow_program_at_its_deadline_and_never_retries_it(ray_local, tmp_path):
     slow = _file(tmp_path, "matmul_chain", SLOW)
     overrides = [
-        "ppo.overrides=" + json.dumps({k: v for k, v in TINY.items()}),
+        "ppo.overrides=" + json.dumps(LONGER),
         f"optimizers=[{slow}, adam, discovered_1]",
         "envs=[cartpole]",
         "seeds=1",
@@ -100,6 +103,7 @@ def test_offline_discovery_seeded_with_a_slow_program_stops_it(ray_local, tmp_pa
         **{
             "search.initial": ["sign_update", "relative_update", str(slow)],
             "islands.count": 1,
+            "ppo.overrides": LONGER,
             **SMALL,
         }
     )
@@ -212,14 +216,20 @@ def test_memory_hungry_at_real_shapes_is_rejected_before_it_runs(bounded_pool):
 
 @pytest.mark.slow
 def test_library_and_open_never_trip_the_default_limit(bounded_pool, tmp_path):
-    """The paper's 7 symbolic optimisers and OPEN at a small budget, the default
-    max_slowdown and no floor: each run is within the limit of Adam's."""
+    """The paper's 7 symbolic optimisers and OPEN at a small budget (Table 1's batch, 2
+    updates) under the default bounds: none is stopped, and the symbolic ones run well
+    inside max_slowdown x Adam even without the floor. (OPEN's ratio grows as PPO's
+    batch shrinks, its cost being per parameter: 6.8x at Table 1's batch in
+    benchmarks/bounded.py, 10x at 16 envs x 32 steps on a loaded machine; the floor is
+    what keeps tiny budgets safe.)"""
+    from rayopt.config import EvaluatorSection
+
     weights = tmp_path / "open.npy"
     np.save(weights, (0.5 * np.random.default_rng(0).standard_normal(3571)).astype(np.float32))
-    pool = EvaluatorPool(
-        [s.actor for s in bounded_pool.slots], bounds=Bounds(max_slowdown=10.0, floor_s=0.0)
-    )
-    cfg = config_for("Breakout-MinAtar", num_envs=16, num_steps=32, total_timesteps=16 * 32 * 8)
+    default = Bounds.from_config(EvaluatorSection())
+    assert (default.max_slowdown, default.floor_s) == (10.0, 60.0)
+    pool = EvaluatorPool([s.actor for s in bounded_pool.slots], bounds=default)
+    cfg = config_for("Breakout-MinAtar", total_timesteps=64 * 128 * 2)
     names = [*SYMBOLIC, "open"]
     assert len(names) == 8
 
@@ -233,7 +243,8 @@ def test_library_and_open_never_trip_the_default_limit(bounded_pool, tmp_path):
     outs = asyncio.run(scenario())
     slow = {o.task.key: (o.error_kind, o.slowdown) for o in outs if not o.ok}
     assert not slow
-    assert all(o.slowdown < 10.0 for o in outs), {o.task.key: o.slowdown for o in outs}
+    symbolic = {o.task.key: o.slowdown for o in outs if o.task.key != "open"}
+    assert all(x < default.max_slowdown for x in symbolic.values()), symbolic
 
 
 def test_calls_of_a_proposal_whose_mutator_died_are_accounted(ray_local):
