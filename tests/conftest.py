@@ -28,6 +28,14 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 _JAX_CACHE = pytest.StashKey[str]()
 
 
+def pytest_collection_modifyitems(config, items):
+    """test_cluster's fixture shuts the session's shared Ray instance down to start
+    clusters of its own (a process joins one cluster at a time): run it last, so every
+    test that shares ``ray_local``/``evaluator_pool`` runs before that, in any order of
+    the other modules (sorted is stable)."""
+    items.sort(key=lambda item: item.module.__name__ == "test_cluster")
+
+
 def pytest_configure(config):
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
