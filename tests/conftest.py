@@ -18,6 +18,12 @@ E2E_KEY_ENV = "RAYOPT_E2E_LLM_KEY"
 E2E_KEY = "sk-e2e-SECRET-4b1d9e"
 os.environ.setdefault(E2E_KEY_ENV, E2E_KEY)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# One Ray auth mode for every cluster the session starts (the shared local instance,
+# test_cluster's multi-node ones, child drivers): Ray caches the mode per process, and a
+# driver in token mode (on once ~/.ray/auth_token exists) loses its actors on a cluster
+# started without it ("all references to the actor were removed"). Local clusters on
+# 127.0.0.1 only, so no token.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 # One JAX compilation cache for the session, shared with every Ray worker and child
 # driver: tests evaluate the same library optimisers at the same tiny PPO configs in
