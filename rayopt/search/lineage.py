@@ -195,6 +195,17 @@ class LineageRunner:
             for c in (*checked.lost_calls, *res.calls)
         ]
         self.spend.cost_usd += res.cost_usd + sum(c.cost_usd for c in checked.lost_calls)
+        made = dict(  # what a step's candidate is, whether or not its mutation worked
+            id=f"i{lin.island}-g{lin.generation}-s{step}{suffix}",
+            code=res.code or "",
+            island=lin.island,
+            generation=lin.generation,
+            step=step,
+            parent_id=current.id,
+            base_id=lin.base.id,
+            mutator=res.mutator,
+            idea=res.idea,
+        )
         if not res.ok:
             s.dropped += 1
             self.journal.write(
@@ -212,32 +223,9 @@ class LineageRunner:
                     ),
                 ],
             )
-            return Verdict(
-                "mutation_failed",
-                Candidate(
-                    id=f"i{lin.island}-g{lin.generation}-s{step}{suffix}",
-                    code=res.code or "",
-                    island=lin.island,
-                    generation=lin.generation,
-                    step=step,
-                    parent_id=current.id,
-                    base_id=lin.base.id,
-                    mutator=res.mutator,
-                    idea=res.idea,
-                ),
-                res.error,
-                "mutation",
-            )
+            return Verdict("mutation_failed", Candidate(**made), res.error, "mutation")
         cand = Candidate(
-            id=f"i{lin.island}-g{lin.generation}-s{step}{suffix}",
-            code=res.code or "",
-            island=lin.island,
-            generation=lin.generation,
-            step=step,
-            parent_id=current.id,
-            base_id=lin.base.id,
-            mutator=res.mutator,
-            idea=res.idea,
+            **made,
             thought=res.thought,
             code_hash=checked.code_hash,
             fingerprint=checked.fingerprint,
