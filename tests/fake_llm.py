@@ -220,6 +220,16 @@ class FakeLLMServer:
     given, else from the queue; an empty queue answers 500 so a runaway client loop
     fails fast instead of hanging."""
 
+    def role(self, api_key_env: str, model: str = "fake-model") -> dict:
+        """A mutator role config (thinker or coder) that sends its requests here."""
+        return dict(
+            provider="openai_compatible",
+            base_url=self.url + "/v1",
+            model=model,
+            api_key_env=api_key_env,
+            timeout_s=10,
+        )
+
     def __init__(self, script: Iterable[Reply] = (), responder: Responder | None = None):
         self.queue: collections.deque[Reply] = collections.deque(script)
         self.responder = responder

@@ -153,13 +153,7 @@ class SlowCoder:
 def test_llm_discovery_whose_coder_writes_a_slow_program(ray_local, tmp_path):
     coder = SlowCoder(SLOW)
     with FakeLLMServer(responder=coder) as server:
-        role = dict(
-            provider="openai_compatible",
-            base_url=server.url + "/v1",
-            model="fake-model",
-            api_key_env=E2E_KEY_ENV,
-            timeout_s=10,
-        )
+        role = server.role(E2E_KEY_ENV)
         config = tiny_discovery(
             **{
                 "islands.count": 1,
@@ -271,13 +265,7 @@ def test_calls_of_a_proposal_whose_mutator_died_are_accounted(ray_local):
         return openai_completion(json.dumps({"code": GOOD_CODE}))
 
     with FakeLLMServer(responder=responder) as server:
-        role = dict(
-            provider="openai_compatible",
-            base_url=server.url + "/v1",
-            model="fake-model",
-            api_key_env=E2E_KEY_ENV,
-            timeout_s=10,
-        )
+        role = server.role(E2E_KEY_ENV)
         llm = dict(
             thinker=role,
             coder=role,

@@ -66,13 +66,7 @@ def _role(body: dict) -> str:
 
 def test_llm_discovery_journals_ideas_retries_and_failures(evaluator_pool, tmp_path):
     with FakeLLMServer(responder=Script()) as server:
-        role = dict(
-            provider="openai_compatible",
-            base_url=server.url + "/v1",
-            model="fake-model",
-            api_key_env=E2E_KEY_ENV,
-            timeout_s=10,
-        )
+        role = server.role(E2E_KEY_ENV)
         config = tiny_discovery(
             **{
                 "search.refinements": 2,
