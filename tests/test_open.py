@@ -263,8 +263,9 @@ def test_update_matches_independent_reference(tmp_path: Path, size) -> None:
         # Updates are O(1e-3): compare in units of OPEN's step multiplier.
         for a, b in zip(u_jax, u_ref, strict=True):
             np.testing.assert_allclose(a / 1e-3, b / 1e-3, rtol=1e-4, atol=1e-5)
-        for a, b in zip(jax.tree.leaves(state.carry), carries, strict=True):
-            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5)
+        # The carry is one (n, F) array: every tensor's elements, in JAX leaf order.
+        flat_carry = np.concatenate([c.reshape(-1, variant.gru_features) for c in carries])
+        np.testing.assert_allclose(np.asarray(state.carry), flat_carry, rtol=1e-4, atol=1e-5)
         for a, b in zip(jax.tree.leaves(state.momenta), moms, strict=True):
             np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-9)
         # Zero mean over actor and critic together, not per network.
@@ -402,7 +403,8 @@ def test_cli_rejects_missing_or_bad_weights_before_training(
 # ---------------------------------------------------------------- restructured = frozen
 @pytest.mark.parametrize("mask_kind", ["python", "array"])
 def test_restructured_update_matches_frozen_implementation(mask_kind: str) -> None:
-    """The restructured OPEN (fused gates, folded LayerNorm centring, no critic draw) gives
+    """The restructured OPEN (fused gates, per-tensor inputs as biases, flat carry, folded
+    LayerNorm centring, no critic draw) gives
     the pre-issue-14 implementation's updates, momenta and carries (tests/open_frozen.py)
     to float tolerance: the published multi-OPEN on Breakout's PPO shapes, three steps."""
     from open_frozen import frozen_open_transform
@@ -441,7 +443,12 @@ def test_restructured_update_matches_frozen_implementation(mask_kind: str) -> No
         for a, b in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_old), strict=True):
             np.testing.assert_allclose(np.asarray(a) / 1e-3, np.asarray(b) / 1e-3,
                                        rtol=1e-4, atol=1e-5)  # fmt: skip
-        for a, b in zip(jax.tree.leaves(s_new), jax.tree.leaves(s_old), strict=True):
+        old_carry = jnp.concatenate(
+            [c.reshape(-1, variant.gru_features) for c in jax.tree.leaves(s_old.carry)]
+        )
+        pairs = [*zip(jax.tree.leaves(s_new.momenta), jax.tree.leaves(s_old.momenta),
+                      strict=True), (s_new.carry, old_carry)]  # fmt: skip
+        for a, b in pairs:
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
         p = optax.apply_updates(p, u_old)
     assert np.abs(np.asarray(jax.tree.leaves(s_new.carry)[0])).max() > 0.01

@@ -77,7 +77,10 @@ class OpenState(NamedTuple):
 
     momenta: like params, each leaf ``p.shape + (6,)`` (one EMA of the gradient per decay,
       no bias correction, as learned_optimization's ``vec_rolling_mom``).
-    carry: like params, each leaf ``p.shape + (gru_features,)``, the GRU hidden state.
+    carry: ``(n, gru_features)``, the GRU hidden state of all ``n`` parameter elements in
+      one array (JAX leaf order, each tensor's elements in row-major order): the network
+      runs on all elements as one batch, so a flat carry needs no concatenation and split
+      per step.
     """
 
     momenta: Any
@@ -204,15 +207,12 @@ def check_open_weights(spec: OptimiserSpec) -> OptimiserSpec:
     return spec
 
 
-def _features(
-    p: jax.Array, g: jax.Array, m: jax.Array, dorm: jax.Array,
-    t_p: jax.Array, l_p: jax.Array, b_p: jax.Array,
-) -> jax.Array:  # fmt: skip
-    """OPEN's 19 inputs for every element of one tensor, shape ``p.shape + (19,)``.
-
-    The first 15 are divided by their root-mean-square over the tensor (each feature on
-    its own); the proportions and dormancy are appended unnormalised. Dormancy ``(out,)``
-    broadcasts along a kernel's input axis, as OPEN tiles it.
+def _features(p: jax.Array, g: jax.Array, m: jax.Array, dorm: jax.Array) -> jax.Array:
+    """The per-element inputs of one tensor that vary within it, shape ``(p.size, 16)``:
+    OPEN's first 15 inputs, each divided by its root-mean-square over the tensor, then the
+    dormancy (OPEN's 19th input; ``(out,)`` broadcasts along a kernel's input axis, as
+    OPEN tiles it). The other three inputs (``t_p``, ``l_p``, ``b_p``) are constant over a
+    tensor and enter the GRU as biases (:func:`_fused_network`).
     """
     x = jnp.concatenate(
         [
@@ -226,27 +226,29 @@ def _features(
     )
     axes = tuple(range(p.ndim))
     x = x * jax.lax.rsqrt(NORM_EPS + jnp.mean(jnp.square(x), axis=axes, keepdims=True))
-    scalars = jnp.stack([jnp.asarray(v, x.dtype) for v in (t_p, l_p, b_p)])
-    return jnp.concatenate(
-        [
-            x,
-            jnp.broadcast_to(scalars, p.shape + (3,)),
-            jnp.broadcast_to(jnp.asarray(dorm, x.dtype), p.shape)[..., None],
-        ],
-        axis=-1,
-    )
+    d = jnp.broadcast_to(jnp.asarray(dorm, x.dtype), p.shape)[..., None]
+    return jnp.concatenate([x, d], axis=-1).reshape(-1, _PER_ELEMENT)
 
 
 #: flax LayerNorm's epsilon (OPEN's MLP uses the default).
 LN_EPS = 1e-6
+#: Positions of OPEN's inputs that are constant over a tensor, and of dormancy.
+_T_P, _L_P, _B_P, _DORM = 15, 16, 17, 18
+#: The inputs that vary within a tensor: the 15 normalised ones and dormancy.
+_PER_ELEMENT = 16
 
 
 def _fused_network(theta: dict, variant: OpenVariant):
-    """OPEN's GRUCell + MLP as one function of ``(x (n, 19), h (n, F))``, restructured for
-    speed with the same arithmetic up to float rounding (docs/open.md, "Cost"):
+    """OPEN's GRUCell + MLP as one function of ``(x (n, 16), h (n, F), t_p, b_p, l_p
+    (n,))``, restructured for speed with the same arithmetic up to float rounding
+    (docs/open.md, "Cost"):
 
     - the GRU's six gate matmuls are two: ``x @ [W_ir W_iz W_in]`` and
       ``h @ [W_hr W_hz W_hn]`` (one pass over each input, 3F-wide outputs);
+    - the inputs constant over a tensor leave the matmul: ``t_p`` and ``b_p`` (the same
+      for every element) join the gate bias, ``l_p`` (one per tensor) is a per-row term
+      added to the gate pre-activations, so the input matmul has 16 columns (15
+      normalised inputs and dormancy), which XLA CPU runs much faster than 19;
     - ``sigmoid(v) = (1 + tanh(v / 2)) / 2`` (one tanh instead of an exp and a division);
     - ``h' = (1 - z) n + z h`` as ``n + z (h - n)``;
     - LayerNorm's mean subtraction is folded into the Dense before it: the columns of
@@ -256,7 +258,9 @@ def _fused_network(theta: dict, variant: OpenVariant):
     g, m = theta["gru_params"]["params"], theta["params"]["params"]
     f = variant.gru_features
     cat = lambda part, names: jnp.concatenate([g[n][part] for n in names], -1)  # noqa: E731
-    w_x, b_x = cat("kernel", ("ir", "iz", "in")), cat("bias", ("ir", "iz", "in"))
+    w_in, b_x = cat("kernel", ("ir", "iz", "in")), cat("bias", ("ir", "iz", "in"))
+    w_x = jnp.concatenate([w_in[:_T_P], w_in[_DORM:]])  # the 16 per-element inputs
+    w_tp, w_lp, w_bp = w_in[_T_P], w_in[_L_P], w_in[_B_P]
     w_h, b_hn = cat("kernel", ("hr", "hz", "hn")), g["hn"]["bias"]
 
     def centred(layer: str) -> tuple[jax.Array, jax.Array]:
@@ -272,8 +276,10 @@ def _fused_network(theta: dict, variant: OpenVariant):
         inv = jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + LN_EPS)  # y is centred
         return y * (inv * scale) + bias
 
-    def network(x: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-        a = x @ w_x + b_x
+    def network(
+        x: jax.Array, h: jax.Array, t_p: jax.Array, b_p: jax.Array, l_p: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        a = x @ w_x + (b_x + t_p * w_tp + b_p * w_bp) + l_p[:, None] * w_lp
         c = h @ w_h
         r = sigmoid(a[:, :f] + c[:, :f])
         z = sigmoid(a[:, f : 2 * f] + c[:, f : 2 * f])
@@ -299,10 +305,10 @@ def open_transform(theta: dict, variant: OpenVariant) -> optax.GradientTransform
     width = variant.gru_features
 
     def init(params: Any) -> OpenState:
-        zeros = lambda p, n: jnp.zeros(p.shape + (n,), jnp.float32)  # noqa: E731
+        n = sum(p.size for p in jax.tree.leaves(params))
+        zeros = lambda p: jnp.zeros(p.shape + (len(DECAYS),), jnp.float32)  # noqa: E731
         return OpenState(
-            momenta=jax.tree.map(lambda p: zeros(p, len(DECAYS)), params),
-            carry=jax.tree.map(lambda p: zeros(p, width), params),
+            momenta=jax.tree.map(zeros, params), carry=jnp.zeros((n, width), jnp.float32)
         )
 
     def noise(key: jax.Array, p: jax.Array, mask: Any) -> jax.Array:
@@ -325,14 +331,16 @@ def open_transform(theta: dict, variant: OpenVariant) -> optax.GradientTransform
 
         # All elements of all tensors go through the networks as one batch: the networks
         # act per element, so this equals OPEN's per-tensor calls with fewer kernels.
-        per_tensor = zip(leaves, g, m, flat(ctx.dormancy), flat(ctx.l_p), strict=True)
         x = jnp.concatenate([
-            _features(p.astype(jnp.float32), gi, mi, d, ctx.t_p, lp, ctx.b_p)
-            .reshape(-1, NUM_INPUTS)
-            for p, gi, mi, d, lp in per_tensor
+            _features(p.astype(jnp.float32), gi, mi, d)
+            for p, gi, mi, d in zip(leaves, g, m, flat(ctx.dormancy), strict=True)
         ])  # fmt: skip
-        h = jnp.concatenate([c.reshape(-1, width) for c in flat(state.carry)])
-        h, o = network(x, h)
+        l_p = jnp.concatenate([
+            jnp.broadcast_to(jnp.asarray(lp, jnp.float32), (p.size,))
+            for p, lp in zip(leaves, flat(ctx.l_p), strict=True)
+        ])  # fmt: skip
+        t_p, b_p = (jnp.asarray(v, jnp.float32) for v in (ctx.t_p, ctx.b_p))
+        h, o = network(x, state.carry, t_p, b_p, l_p)
         # Noise per tensor from its own key (as OPEN draws it), on the actor only.
         eps = jnp.concatenate([
             noise(k, p, mk) for k, p, mk in zip(keys, leaves, flat(ctx.actor_mask), strict=True)
@@ -341,14 +349,9 @@ def open_transform(theta: dict, variant: OpenVariant) -> optax.GradientTransform
         u = u - jnp.mean(u)
 
         splits = np.cumsum([p.size for p in leaves])[:-1]
-        parts = zip(leaves, jnp.split(u, splits), jnp.split(h, splits), strict=True)
-        updates, carry = zip(*[
-            (-ui.reshape(p.shape).astype(p.dtype), hi.reshape(p.shape + (width,)))
-            for p, ui, hi in parts
-        ], strict=True)  # fmt: skip
-        return treedef.unflatten(updates), OpenState(
-            momenta=treedef.unflatten(m), carry=treedef.unflatten(carry)
-        )
+        updates = [-ui.reshape(p.shape).astype(p.dtype)
+                   for p, ui in zip(leaves, jnp.split(u, splits), strict=True)]  # fmt: skip
+        return treedef.unflatten(updates), OpenState(momenta=treedef.unflatten(m), carry=h)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
