@@ -11,10 +11,16 @@ Sections (``--sections``, comma-separated; all by default):
   compile seconds (``--updates`` PPO updates per seed; one compile per row).
 - ``full``: one candidate (Discovered 1, new code to XLA) at the paper's scale, 4 MinAtar
   games x 8 seeds x 1e7 steps: wall seconds per env and the share spent compiling.
+- ``ahead``: compile-ahead off, then on (``evaluator.compile_ahead``): a new candidate's 4
+  MinAtar games x ``--full-seeds`` seeds x ``--ahead-steps`` steps through one Ray
+  evaluator on the device, all queued at once: wall seconds and the share of the
+  evaluator's busy time spent waiting for a compile, before and after.
 - ``discovery``: a short offline discovery (offline mutator, one evaluator on the device,
-  ``--discovery-steps`` PPO steps per evaluation): candidates/hour and utilisation.
+  ``--discovery-steps`` PPO steps per evaluation, compile-ahead as configured by default):
+  candidates/hour, utilisation and the compile-wait share.
 - ``estimate``: docs/cluster.md's formula fed with the above: t_eval, C (GPU-s per
-  candidate), candidates/hour at 8 / 64 / 256 GPUs and GPU-days for 640 candidates.
+  candidate), candidates/hour at 8 / 64 / 256 GPUs and GPU-days for 640 candidates; and
+  C with compile-ahead (a compile hidden behind the previous evaluation's run).
 
 Never needs the network: OPEN's checkpoint is read from ``--open-weights`` (the repo's
 ``shared/open/multi_OPEN.npy`` or /work/shared/open/); OPEN rows are skipped, and say so,
@@ -121,6 +127,74 @@ def full(args, out: dict) -> None:
     )
 
 
+def ahead(args, out: dict) -> None:
+    """One candidate's envs queued on one evaluator, compile-ahead off then on. Each pass
+    trains a program new to XLA (Discovered 1, its text changed by a comment, so no cache
+    holds its executables)."""
+    import jax
+    import ray
+
+    from rayopt.optim import SYMBOLIC, OptimiserSpec
+    from rayopt.rl.ppo import config_for
+    from rayopt.search.evaluator import Bounds, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
+    from rayopt.search.fleet import init_ray
+
+    gpu = jax.default_backend() != "cpu"
+    init_ray(None)
+    actor = EvaluatorActor.options(
+        num_gpus=1 if gpu else 0,
+        num_cpus=1 if gpu else args.ahead_cpus,
+        runtime_env={"env_vars": actor_env(1 if gpu else 0, 0 if gpu else args.ahead_cpus)},
+    ).remote()
+    ray.get(actor.info.remote())  # started (its start-up is not a compile)
+    extra = SMOKE_PPO if args.smoke else {}
+    envs = MINATAR[: args.ahead_envs]
+    rows = []
+    try:
+        for depth in (0, 1):
+            code = SYMBOLIC["discovered_1"] + f"# device check, compile_ahead={depth}\n"
+            spec = OptimiserSpec(f"do1-ahead{depth}", "symbolic", code=code)
+            tasks = [
+                EvalTask(
+                    f"ahead{depth}/{env}",
+                    spec,
+                    config_for(env, total_timesteps=int(args.ahead_steps), **extra),
+                    tuple(range(args.full_seeds)),
+                    fast_compile=args.smoke,
+                    keep=False,
+                )
+                for env in envs
+            ]
+            pool = EvaluatorPool([actor], bounds=Bounds(max_slowdown=0), compile_ahead=depth)
+
+            async def run_all(pool=pool, tasks=tasks):
+                return await asyncio.gather(*(pool.run(t) for t in tasks))
+
+            t0 = time.perf_counter()
+            outs = asyncio.run(run_all())
+            wall = time.perf_counter() - t0
+            failed = [f"{o.task.key}: {o.error}" for o in outs if not o.ok]
+            if failed:
+                raise RuntimeError("; ".join(failed))
+            rows.append(
+                dict(
+                    compile_ahead=depth,
+                    envs=len(envs),
+                    seeds=args.full_seeds,
+                    total_timesteps=int(args.ahead_steps),
+                    wall_s=round(wall, 2),
+                    compile_s=round(sum(o.compile_s for o in outs), 2),
+                    compile_wait_s=round(sum(o.compile_wait_s or 0.0 for o in outs), 2),
+                    run_s=round(sum(o.run_s for o in outs), 2),
+                    compile_wait_share=round(pool.compile_wait_share(), 4),
+                )
+            )
+            print(f"ahead {rows[-1]}", flush=True)
+    finally:
+        ray.kill(actor, no_restart=True)
+    out["ahead"] = dict(rows=rows, speedup=round(rows[0]["wall_s"] / rows[1]["wall_s"], 3))
+
+
 def discovery(args, out: dict) -> None:
     import jax
 
@@ -165,6 +239,8 @@ def discovery(args, out: dict) -> None:
     out["discovery"] = dict(
         wall_s=summary["wall_s"],
         utilisation=round(float(summary["evaluator_utilisation"]), 4),
+        compile_wait_share=round(float(summary["compile_wait_share"]), 4),
+        compile_ahead=summary["compile_ahead"],
         candidates_evaluated=evaluated,
         candidates_judged=judged,
         candidates_per_hour=round(evaluated / max(summary["wall_s"], 1e-9) * 3600, 1),
@@ -185,6 +261,12 @@ def estimate(out: dict, paper_steps: float = 1e7, seeds: int = 8) -> None:
         return
     t_eval = {r["env"]: r["compile_s"] + seeds * paper_steps / r["steps_per_s"] for r in full_rows}
     c = sum(t_eval.values()) * len(MINATAR) / len(t_eval)
+    # compile-ahead: an evaluation's compile runs on host threads while the previous one
+    # trains, so in a full queue the device waits only for what the run does not cover
+    t_ahead = {
+        r["env"]: max(r["compile_s"], seeds * paper_steps / r["steps_per_s"]) for r in full_rows
+    }
+    c_ahead = sum(t_ahead.values()) * len(MINATAR) / len(t_ahead)
     u = (out.get("discovery") or {}).get("utilisation") or 0.99
     out["estimate"] = dict(
         t_compile_s={r["env"]: r["compile_s"] for r in full_rows},
@@ -194,6 +276,8 @@ def estimate(out: dict, paper_steps: float = 1e7, seeds: int = 8) -> None:
         utilisation=u,
         candidates_per_hour={g: round(u * g * 3600 / c, 1) for g in (8, 64, 256)},
         gpu_days_640=round(640 * c / 86400 / u, 3),
+        candidate_gpu_s_compile_ahead=round(c_ahead, 1),
+        gpu_days_640_compile_ahead=round(640 * c_ahead / 86400 / u, 3),
         note=(
             "from the full section's measured rows (extrapolated to 1e7 steps x 8 seeds "
             "when --full-steps/--full-seeds are smaller)"
@@ -229,12 +313,27 @@ def markdown(out: dict) -> str:
             for r in f["rows"]
         ]  # fmt: skip
         lines += _table(["env", "seeds", "steps", "compile s", "run s", "env steps/s"], rows)
+    if out.get("ahead"):
+        a = out["ahead"]
+        lines += [f"Compile ahead: wall {a['rows'][0]['wall_s']} s off, {a['rows'][1]['wall_s']} s "
+                  f"on ({a['speedup']}x).", ""]  # fmt: skip
+        rows = [
+            [r["compile_ahead"], r["envs"], r["seeds"], f"{r['total_timesteps']:,}", r["wall_s"],
+             r["compile_s"], r["compile_wait_s"], r["run_s"], f"{r['compile_wait_share']:.0%}"]
+            for r in a["rows"]
+        ]  # fmt: skip
+        lines += _table(
+            ["compile ahead", "envs", "seeds", "steps", "wall s", "compile s", "compile wait s",
+             "run s", "compile wait share"],
+            rows,
+        )  # fmt: skip
     if out.get("discovery"):
         d = out["discovery"]
         lines += [
             f"Discovery: {d['candidates_evaluated']} candidates evaluated in {d['wall_s']} s "
             f"= {d['candidates_per_hour']} candidates/hour, evaluator utilisation "
-            f"{d['utilisation']:.1%}.",
+            f"{d['utilisation']:.1%}, {d['compile_wait_share']:.0%} of it waiting for compiles "
+            f"(compile_ahead {d['compile_ahead']}).",
             "",
         ]
     e = out.get("estimate") or {}
@@ -242,7 +341,9 @@ def markdown(out: dict) -> str:
         lines += [
             f"Estimate (docs/cluster.md): C = {e['candidate_gpu_s']} GPU-s per candidate; "
             f"candidates/hour {e['candidates_per_hour']} at 8/64/256 GPUs; 640 candidates = "
-            f"{e['gpu_days_640']} GPU-days.",
+            f"{e['gpu_days_640']} GPU-days; with compile-ahead C = "
+            f"{e['candidate_gpu_s_compile_ahead']} GPU-s, {e['gpu_days_640_compile_ahead']} "
+            "GPU-days.",
             "",
         ]
     for name, err in out.get("errors", {}).items():
@@ -254,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results/device_check")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes (< 3 min)")
-    ap.add_argument("--sections", default="throughput,full,discovery,estimate")
+    ap.add_argument("--sections", default="throughput,full,ahead,discovery,estimate")
     ap.add_argument("--envs", default=",".join(ENVS))
     ap.add_argument("--optimizers", default=",".join(OPTIMISERS))
     ap.add_argument("--seeds", default=None, help="default 8,64,512 (smoke: 2)")
@@ -262,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--full-steps", type=float, default=None, help="default 1e7 (smoke: 256)")
     ap.add_argument("--full-seeds", type=int, default=None, help="default 8 (smoke: 2)")
+    ap.add_argument("--ahead-steps", type=float, default=None, help="default 1e6 (smoke: 256)")
+    ap.add_argument("--ahead-envs", type=int, default=None, help="default 4 (smoke: 2)")
+    ap.add_argument("--ahead-cpus", type=int, default=None, help="CPU evaluator's devices")
     ap.add_argument("--discovery-steps", type=float, default=None, help="default 1e6 (smoke 128)")
     ap.add_argument("--discovery-generations", type=int, default=None)
     ap.add_argument("--budget-throughput-s", type=float, default=240.0)
@@ -274,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     args.updates = args.updates or (1 if s else 20)
     args.full_steps = args.full_steps or (256 if s else 1e7)
     args.full_seeds = args.full_seeds or (2 if s else 8)
+    args.ahead_steps = args.ahead_steps or (256 if s else 1e6)
+    args.ahead_envs = args.ahead_envs or (2 if s else len(MINATAR))
+    args.ahead_cpus = args.ahead_cpus or max(1, len(os.sched_getaffinity(0)))
     args.discovery_steps = args.discovery_steps or (128 if s else 1e6)
     args.discovery_generations = args.discovery_generations or (1 if s else 3)
     if args.open_weights is None:
@@ -282,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         args.open_weights = str(found[0]) if found else os.environ.get("RAYOPT_OPEN_WEIGHTS")
     if s:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # This process trains on the device before Ray evaluators do (ahead, discovery): it
+    # must not take 75 % of the accelerator's memory up front (JAX's default), or they
+    # could not start there. Evaluators inherit it and allocate as they go.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     outdir = Path(args.out)
@@ -298,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     t0 = time.perf_counter()
-    sections = dict(throughput=throughput, full=full, discovery=discovery)
+    sections = dict(throughput=throughput, full=full, ahead=ahead, discovery=discovery)
     for name in args.sections.split(","):
         t1 = time.perf_counter()
         try:

@@ -29,7 +29,7 @@ import ray
 
 from rayopt.config import DiscoveryConfig, from_dict
 from rayopt.search.driver import Discovery
-from rayopt.search.evaluator import EvaluatorPool
+from rayopt.search.evaluator import Bounds, EvaluatorPool
 from rayopt.search.mutators.actor import MutatorPool
 from rayopt.search.simulate import SleepEvaluator, SleepMutator
 
@@ -101,7 +101,7 @@ async def steady_state(
         run.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run
-        rows = d.journal.rows_written
+        rows = d.journal.writer.rows_written
     return dict(
         slots=slots,
         lineages=lineages,
@@ -117,11 +117,27 @@ async def steady_state(
 
 
 async def measure(
-    slots: int, eval_s: float, mutate_s: float, window_s: float, islands: int
+    slots: int,
+    eval_s: float,
+    mutate_s: float,
+    window_s: float,
+    islands: int,
+    compile_s: float = 0.0,
+    compile_ahead: int = 0,
 ) -> dict:
-    evaluators = EvaluatorPool([SleepEvaluator.remote(eval_s)], slots_per_actor=slots)
+    """``compile_s`` > 0: every evaluation also compiles that long first (the pool then
+    compiles through ``prepare``, as the bounded pools of discovery do; no deadline), and
+    ``compile_ahead`` says how many queued evaluations a busy evaluator compiles ahead."""
+    actor = SleepEvaluator.remote(eval_s, compile_s=compile_s)
+    bounds = Bounds(max_slowdown=0.0) if compile_s else None
+    evaluators = EvaluatorPool(
+        [actor], slots_per_actor=slots, bounds=bounds, compile_ahead=compile_ahead
+    )
     mutators = MutatorPool([SleepMutator.options(max_concurrency=10_000).remote(mutate_s)])
-    r = await steady_state(config(islands), evaluators, mutators, eval_s, mutate_s, window_s)
+    r = await steady_state(
+        config(islands), evaluators, mutators, eval_s + compile_s, mutate_s, window_s
+    )
+    r["compile_wait_share"] = round(evaluators.compile_wait_share(), 4)
     for actor in (*{s.actor for s in evaluators.slots}, *mutators.actors):
         ray.kill(actor)
     return r
@@ -132,6 +148,10 @@ def main() -> None:
     ap.add_argument("--slots", default="1,8,64,256")
     ap.add_argument("--eval-s", type=float, default=60.0, help="unscaled seconds per evaluation")
     ap.add_argument("--mutate-s", type=float, default=30.0, help="unscaled seconds per mutation")
+    ap.add_argument(
+        "--compile-s", type=float, default=0.0, help="unscaled seconds compiling per evaluation"
+    )
+    ap.add_argument("--compile-ahead", type=int, default=0, help="evaluator.compile_ahead")
     ap.add_argument("--scale", type=float, default=0.1, help="time scale of the simulation")
     ap.add_argument("--window", type=float, default=20.0, help="seconds of steady state measured")
     ap.add_argument("--islands", type=int, default=8)
@@ -141,10 +161,14 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     rows = []
     print(
-        f"evaluation {args.eval_s:g} s, mutation {args.mutate_s:g} s (x{args.scale:g}), "
+        f"evaluation {args.eval_s:g} s + compile {args.compile_s:g} s (compile ahead "
+        f"{args.compile_ahead}), mutation {args.mutate_s:g} s (x{args.scale:g}), "
         f"{len(ENVS)} envs per candidate, {args.islands} islands"
     )
-    print(f"{'evaluators':>10}{'lineages':>10}{'utilisation':>13}{'cand/hour':>11}{'ideal':>9}")
+    print(
+        f"{'evaluators':>10}{'lineages':>10}{'utilisation':>13}{'cand/hour':>11}{'ideal':>9}"
+        f"{'compile wait':>14}"
+    )
     for slots in (int(s) for s in args.slots.split(",")):
         r = asyncio.run(
             measure(
@@ -153,14 +177,18 @@ def main() -> None:
                 args.mutate_s * args.scale,
                 args.window,
                 args.islands,
+                args.compile_s * args.scale,
+                args.compile_ahead,
             )
         )
         r["candidates_per_hour"] = round(r["candidates"] / (r["window_s"] / args.scale) * 3600, 1)
-        r["ideal_candidates_per_hour"] = round(slots * 3600 / (args.eval_s * len(ENVS)), 1)
+        # every evaluation's compile on the device's time, as without compile-ahead
+        per_eval = args.eval_s + args.compile_s
+        r["ideal_candidates_per_hour"] = round(slots * 3600 / (per_eval * len(ENVS)), 1)
         rows.append(r)
         print(
             f"{slots:>10}{r['lineages']:>10}{r['utilisation']:>12.1%}{r['candidates_per_hour']:>11}"
-            f"{r['ideal_candidates_per_hour']:>9}",
+            f"{r['ideal_candidates_per_hour']:>9}{r['compile_wait_share']:>14.1%}",
             flush=True,
         )
     ray.shutdown()

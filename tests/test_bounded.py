@@ -74,12 +74,16 @@ def test_sweep_stops_a_slow_program_at_its_deadline_and_never_retries_it(ray_loc
         "fast_compile=true",
         "evaluator.count=1",
         "evaluator.num_cpus=1",
+        # the next evaluation compiles while the slow one runs: killed with it, it is
+        # compiled again on the restarted evaluator (test_compile_ahead.py has the rest)
+        "evaluator.compile_ahead=1",
         *(f"{k}={v}" for k, v in SMALL.items()),
     ]
     cfg = load_sweep(None, overrides)
     logs: list[str] = []
     out = sweep(cfg, tmp_path / "sweep", log=logs.append)
     assert out["evaluated"] == 2 and out["timeout"] == 1 and out["failed"] == 1, logs
+    assert out["compiled_ahead"] >= 1, out
     ev = read(tmp_path / "sweep").to_pandas()
     ev = ev[ev.row_type == "evaluation"]
     by = ev.set_index("optimizer")

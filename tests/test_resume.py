@@ -217,7 +217,13 @@ class _FakeActor:
 
 
 def _settled(pool: EvaluatorPool) -> bool:
-    return pool.busy == 0 and pool.pending == 0 and pool._queue().qsize() == pool.size
+    """Nothing running or waiting, and every slot free again."""
+    return (
+        pool.busy == 0
+        and pool.pending == 0
+        and not pool._waiters
+        and not any(s.held or s.ahead for s in pool.slots)
+    )
 
 
 def test_pool_returns_the_slot_on_any_error_or_cancellation():
@@ -252,6 +258,19 @@ def test_pool_returns_the_slot_on_any_error_or_cancellation():
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
+        assert _settled(pool)
+
+        pool = EvaluatorPool([_FakeActor(hangs)])  # cancelled while waiting for a slot
+        running = asyncio.create_task(pool.run(task))
+        waiting = asyncio.create_task(pool.run(task))
+        await asyncio.sleep(0.05)
+        assert pool.busy == 1 and len(pool._waiters) == 1
+        waiting.cancel()
+        await asyncio.sleep(0)
+        running.cancel()
+        for t in (waiting, running):
+            with pytest.raises(asyncio.CancelledError):
+                await t
         assert _settled(pool)
 
         pool = EvaluatorPool([_FakeActor(dies_once)], max_attempts=3)

@@ -559,6 +559,9 @@ async def run_sweep(
         **stopped,
         rows=journal.rows_written,
         wall_s=round(time.monotonic() - t0, 1),
+        utilisation=round(pool.utilisation(), 4),
+        compile_wait_share=round(pool.compile_wait_share(), 4),
+        compiled_ahead=pool.compiled_ahead,
     )
 
 
@@ -568,8 +571,7 @@ def sweep(
     """Plan, then (if anything is left) start Ray evaluators and run the sweep."""
 
     from rayopt.results.journal import compact
-    from rayopt.search.evaluator import Bounds, EvaluatorPool
-    from rayopt.search.fleet import init_ray, start_evaluators
+    from rayopt.search.fleet import init_ray, pool_for, start_evaluators
     from rayopt.search.preflight import check_cluster, check_writable
 
     out = check_writable(out_dir)
@@ -591,9 +593,7 @@ def sweep(
         return summary
     actors = start_evaluators(cfg)  # reads only cfg.evaluator
     try:
-        pool = EvaluatorPool(
-            actors, max_attempts=cfg.max_eval_attempts, bounds=Bounds.from_config(cfg.evaluator)
-        )
+        pool = pool_for(actors, cfg.evaluator, cfg.max_eval_attempts)
         summary.update(asyncio.run(run_sweep(cfg, optimizers, out, todo, pool, log, created)))
         compact(out)  # one file instead of one per evaluation: fast to analyse
     finally:

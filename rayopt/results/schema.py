@@ -53,6 +53,11 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "ppo_config": (pa.string(), "the full PPOConfig as JSON"),
     "compile_s": (pa.float64(), "seconds compiling (0 when cached), per env evaluation"),
     "run_s": (pa.float64(), "seconds training all seeds of this env evaluation"),
+    "compile_wait_s": (
+        pa.float64(),
+        "seconds the evaluator was held waiting for this evaluation's compile (below "
+        "compile_s when it was compiled ahead; bounded pools)",
+    ),
     "node": (pa.string(), "Ray node id of the evaluator"),
     "evaluator": (pa.string(), "evaluator actor id"),
     "attempt": (pa.int32(), "1-based attempt number"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -37,32 +38,43 @@ class EnvResult:
 #: Trainers (with their compiled executables) by (optimiser, config), least recent first.
 _TRAINERS: OrderedDict[tuple[OptimiserSpec, PPOConfig], Trainer] = OrderedDict()
 MAX_TRAINERS = 8
+#: An evaluator compiles the next evaluation on one thread while it runs the current one
+#: on another (docs/evaluator.md, "Compile ahead"): the caches are shared between them.
+_LOCK = threading.Lock()
 
 
 def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
     """A cached trainer, so a repeated (optimiser, config) reuses its compiled code."""
     key = (spec, config)
-    if key in _TRAINERS:
-        _TRAINERS.move_to_end(key)
-    else:
-        _TRAINERS[key] = make_train(config, build(spec, config.max_grad_norm))
+    with _LOCK:
+        if key in _TRAINERS:
+            _TRAINERS.move_to_end(key)
+            return _TRAINERS[key]
+    trainer = make_train(config, build(spec, config.max_grad_norm))
+    with _LOCK:
+        trainer = _TRAINERS.setdefault(key, trainer)
         while len(_TRAINERS) > MAX_TRAINERS:
             _TRAINERS.popitem(last=False)
-    return _TRAINERS[key]
+    return trainer
 
 
-#: The trainer :func:`prepare` compiled for the next :func:`evaluate` of the same
-#: (optimiser, config), with its compile seconds (one at a time: an evaluator runs one
-#: evaluation at a time).
-_PREPARED: dict[tuple[OptimiserSpec, PPOConfig], tuple[Trainer, float]] = {}
+#: Trainers :func:`prepare` compiled for an :func:`evaluate` of the same (optimiser,
+#: config), with their compile seconds, oldest first: the evaluation about to run and,
+#: when its evaluator compiles ahead, the next ones. At most ``MAX_PREPARED``: a
+#: forgotten one (its evaluation went elsewhere) cannot pile up executables.
+_PREPARED: OrderedDict[tuple[OptimiserSpec, PPOConfig], tuple[Trainer, float]] = OrderedDict()
+MAX_PREPARED = 4
 
 
 def _trainer(spec: OptimiserSpec, config: PPOConfig, keep: bool) -> Trainer:
-    if (spec, config) in _PREPARED:
-        return _PREPARED[(spec, config)][0]
+    with _LOCK:
+        prepared = _PREPARED.get((spec, config))
+        cached = _TRAINERS.get((spec, config))
+    if prepared is not None:
+        return prepared[0]
     if keep:
         return trainer_for(spec, config)
-    return _TRAINERS.get((spec, config)) or make_train(config, build(spec, config.max_grad_norm))
+    return cached or make_train(config, build(spec, config.max_grad_norm))
 
 
 def prepare(
@@ -75,19 +87,28 @@ def prepare(
     """Compile the evaluation :func:`evaluate` is about to run, without running it:
     (seconds compiling, XLA's memory analysis of the executable: temp, argument, output
     and total bytes over the devices it uses; None where the backend has none). The
-    compiled trainer is kept for that :func:`evaluate` (and :func:`release` drops it)."""
+    compiled trainer is kept for that :func:`evaluate` (:func:`release` drops it). Safe
+    to call on one thread while another thread runs an :func:`evaluate`."""
     from rayopt.rl.execution import compile_seeds, memory_bytes
 
-    _PREPARED.clear()
     trainer = _trainer(spec, config, keep)
     compiled, compile_s, layout = compile_seeds(trainer, len(seeds), fast_compile=fast_compile)
-    _PREPARED[(spec, config)] = (trainer, compile_s)
+    with _LOCK:
+        _PREPARED[(spec, config)] = (trainer, compile_s)
+        _PREPARED.move_to_end((spec, config))
+        while len(_PREPARED) > MAX_PREPARED:
+            _PREPARED.popitem(last=False)
     return compile_s, memory_bytes(compiled, layout[0])
 
 
-def release() -> None:
-    """Forget what :func:`prepare` compiled (an evaluation that will not run)."""
-    _PREPARED.clear()
+def release(spec: OptimiserSpec | None = None, config: PPOConfig | None = None) -> None:
+    """Forget what :func:`prepare` compiled for (``spec``, ``config``), an evaluation
+    that will not run here; with no arguments, everything it compiled."""
+    with _LOCK:
+        if spec is None:
+            _PREPARED.clear()
+        else:
+            _PREPARED.pop((spec, config), None)
 
 
 def evaluate(
@@ -106,8 +127,8 @@ def evaluate(
     for this (``spec``, ``config``) is used (and its compile time reported).
     """
     trainer = _trainer(spec, config, keep)
-    prepared_s = _PREPARED.pop((spec, config), (None, 0.0))[1]
-    _PREPARED.clear()
+    with _LOCK:
+        prepared_s = _PREPARED.pop((spec, config), (None, 0.0))[1]
     result = train_seeds(trainer, seeds, fast_compile=fast_compile)
     m = result.metrics
     return EnvResult(

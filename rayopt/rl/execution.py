@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 
 import jax
@@ -110,11 +112,26 @@ def compile_seeds(
         raise ValueError(f"strategy must be auto, vmap or map, not {strategy!r}")
     n_devices, per_device = plan(num_seeds)
     layout = (n_devices, per_device, strategy, fast_compile)
-    if layout in trainer.compiled:
-        return trainer.compiled[layout], 0.0, layout
-    compiled, compile_s = _compile(trainer, *layout)
-    trainer.compiled[layout] = compiled
+    with _compile_lock(trainer, layout):  # two threads never compile the same thing
+        if layout in trainer.compiled:
+            return trainer.compiled[layout], 0.0, layout
+        compiled, compile_s = _compile(trainer, *layout)
+        trainer.compiled[layout] = compiled
     return compiled, compile_s, layout
+
+
+_LOCKS: weakref.WeakKeyDictionary[Trainer, dict[tuple, threading.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS_LOCK = threading.Lock()
+
+
+def _compile_lock(trainer: Trainer, layout: tuple) -> threading.Lock:
+    """One lock per (trainer, layout): an evaluator may compile its next evaluation on
+    one thread while running another, and the two may share a trainer (Adam's reference
+    run and an Adam evaluation)."""
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(trainer, {}).setdefault(layout, threading.Lock())
 
 
 def memory_bytes(compiled: jax.stages.Compiled, n_devices: int = 1) -> dict[str, int] | None:

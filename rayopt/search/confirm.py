@@ -108,8 +108,7 @@ def confirm_finished(
 
     from rayopt.config import ConfigError, from_dict, load_discovery
     from rayopt.results.journal import compact
-    from rayopt.search.evaluator import Bounds, EvaluatorPool
-    from rayopt.search.fleet import init_ray, start_evaluators
+    from rayopt.search.fleet import init_ray, pool_for, start_evaluators
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -132,11 +131,7 @@ def confirm_finished(
     check_cluster(cfg)  # one evaluator fits, or a one-line error before any actor starts
     actors = start_evaluators(cfg)
     try:
-        pool = EvaluatorPool(
-            list(actors),
-            max_attempts=cfg.search.max_eval_attempts,
-            bounds=Bounds.from_config(cfg.evaluator),
-        )
+        pool = pool_for(actors, cfg.evaluator, cfg.search.max_eval_attempts)
         out = asyncio.run(confirm(cfg, run_dir, pool, section, log))
     finally:
         actors.stop()

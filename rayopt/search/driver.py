@@ -31,8 +31,8 @@ from rayopt.search import summary as console
 from rayopt.search.archive import Candidate
 from rayopt.search.cascade import Cascade
 from rayopt.search.confirm import confirm
-from rayopt.search.evaluator import Bounds, EvaluatorPool
-from rayopt.search.fleet import Evaluators, control_options, start_evaluators
+from rayopt.search.evaluator import EvaluatorPool
+from rayopt.search.fleet import Evaluators, control_options, pool_for, start_evaluators
 from rayopt.search.island import IslandActor
 from rayopt.search.lineage import LineageRunner
 from rayopt.search.mutators.actor import MutatorActor, MutatorPool
@@ -118,11 +118,7 @@ class Discovery:
         cfg = self.config
         if self.evaluators is None:
             self._fleet = start_evaluators(cfg)
-            self.evaluators = EvaluatorPool(
-                list(self._fleet),
-                max_attempts=cfg.search.max_eval_attempts,
-                bounds=Bounds.from_config(cfg.evaluator),
-            )
+            self.evaluators = pool_for(self._fleet, cfg.evaluator, cfg.search.max_eval_attempts)
         if self.mutators is None:
             llm = dict(cfg.mutator.llm)
             from rayopt.rl.ppo import largest_kernel
@@ -294,6 +290,11 @@ class Discovery:
             "run_dir": str(self.run_dir),
             "wall_s": round(time.monotonic() - self._t0, 1),
             "evaluator_utilisation": self.evaluators.utilisation() if self.evaluators else 0.0,
+            # of the evaluators' busy time, the share spent waiting for a compile
+            "compile_wait_share": (
+                self.evaluators.compile_wait_share() if self.evaluators else 0.0
+            ),
+            "compile_ahead": self.evaluators.compile_ahead if self.evaluators else 0,
             "llm_cost_usd": self.spend.cost_usd,
             "meta_seeds": {
                 s.meta_seed: console.search_summary(self.config, s) for s in self.searches

@@ -19,8 +19,11 @@ attempt) and reports ``timeout`` with the measured slowdown; neither is retried.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -70,6 +73,9 @@ class EvalOutcome:
     # bound for a timeout: the run was stopped); None when the pool is unbounded
     slowdown: float | None = None
     reference_s: float | None = None  # the reference's run time it was compared with
+    # seconds the evaluator was held waiting for this task's compile (less than compile_s
+    # when it was compiled ahead); None when the pool is unbounded
+    compile_wait_s: float | None = None
 
     @property
     def status(self) -> str:
@@ -152,9 +158,13 @@ def actor_env(num_gpus: float, num_cpus: float) -> dict[str, str]:
     return env
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)
 class EvaluatorActor:
-    """Runs PPO evaluations on the accelerator Ray pinned it to (or on CPU)."""
+    """Runs PPO evaluations on the accelerator Ray pinned it to (or on CPU).
+
+    Threaded (``max_concurrency``): the pool runs one ``evaluate`` at a time on it, and
+    with compile-ahead also ``prepare``s the next tasks meanwhile, on other threads.
+    """
 
     def __init__(self) -> None:
         import jax
@@ -197,7 +207,7 @@ class EvaluatorActor:
         budget, source = memory_budget(budget_mb)
         out: dict[str, Any] = dict(compile_s=compile_s, memory=memory, budget=budget)
         if memory is not None and memory["total"] > budget:
-            release()
+            release(task.spec, task.config)
             if not task.keep:  # nothing else holds it: free the executable now
                 import gc
 
@@ -209,6 +219,16 @@ class EvaluatorActor:
                 f"({source})"
             )
         return out
+
+    def release(self, task: EvalTask) -> None:
+        """Drop what ``prepare`` compiled for ``task`` (it will run elsewhere)."""
+        from rayopt.rl.evaluation import release
+
+        release(task.spec, task.config)
+        if not task.keep:
+            import gc
+
+            gc.collect()
 
     def evaluate(self, task: EvalTask) -> dict[str, Any]:
         # Symbolic code is validated again by build(): the evaluator trusts no caller.
@@ -246,6 +266,22 @@ class _Slot:
     index: int
     busy_s: float = 0.0  # finished work
     since: float | None = None  # when the task it is running started
+    held: bool = False  # a task holds it (compiling, running, or its evaluator restarting)
+    # tasks compiling ahead on this slot's evaluator while it is held, next first
+    ahead: collections.deque[_Waiter] = dataclasses.field(default_factory=collections.deque)
+    generation: int = 0  # bumped when the pool kills its evaluator (compiled work is lost)
+
+
+@dataclasses.dataclass(eq=False)
+class _Waiter:
+    """A task waiting for a slot; with compile-ahead, pinned to a held slot whose
+    evaluator is compiling it meanwhile (``prep``)."""
+
+    task: EvalTask
+    future: asyncio.Future
+    pinned: _Slot | None = None
+    prep: asyncio.Future | None = None
+    prep_generation: int = 0
 
 
 class EvaluatorPool:
@@ -254,6 +290,12 @@ class EvaluatorPool:
     A slot is one evaluation at a time on one actor; an actor may offer several slots
     (the orchestration benchmark's simulated evaluators do). Utilisation is busy time
     over slots x wall time since the pool started.
+
+    ``compile_ahead`` (bounded pools only: it needs ``prepare``): while a slot is held,
+    up to that many waiting tasks are pinned to it and compiled by its evaluator on host
+    threads, so each starts running the moment the slot frees. A slot that frees goes to
+    its own next pinned task, else to the first unpinned one, else to a task pinned
+    elsewhere (its compiled work is dropped): no slot idles while a task waits.
     """
 
     def __init__(
@@ -262,15 +304,19 @@ class EvaluatorPool:
         slots_per_actor: int = 1,
         max_attempts: int = 3,
         bounds: Bounds | None = None,
+        compile_ahead: int = 0,
     ):
         self.max_attempts = max_attempts
         self.bounds = bounds
+        self.compile_ahead = compile_ahead if bounds is not None else 0
         self.slots = [_Slot(a, i) for a in actors for i in range(slots_per_actor)]
         # the reference's (compile_s, run_s) per (actor, PPO config, seeds, compile mode)
         self.references: dict[tuple, tuple[float, float]] = {}
         self.killed = 0  # evaluators killed at a deadline
         self.restart_s: list[float] = []  # kill -> the restarted evaluator answers
-        self._free: asyncio.Queue[_Slot] | None = None
+        self.compile_wait_s = 0.0  # slot time spent waiting for a task's compile
+        self.compiled_ahead = 0  # tasks whose compile was done or started ahead
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
         self.pending = 0  # tasks waiting for or holding a slot
@@ -281,15 +327,15 @@ class EvaluatorPool:
     def size(self) -> int:
         return len(self.slots)
 
-    def _queue(self) -> asyncio.Queue[_Slot]:
-        """The free-slot queue of the running event loop (a pool outlives ``asyncio.run``)."""
+    def _check_loop(self) -> None:
+        """A pool outlives ``asyncio.run``: waiters of a finished loop are dropped."""
         loop = asyncio.get_running_loop()
-        if self._free is None or self._loop is not loop:
+        if self._loop is not loop:
             self._loop = loop
-            self._free = asyncio.Queue()
+            self._waiters.clear()
             for s in self.slots:
-                self._free.put_nowait(s)
-        return self._free
+                s.held, s.since = False, None
+                s.ahead.clear()
 
     def utilisation(self) -> float:
         """Busy time over slots x wall time, work in flight included (a long evaluation
@@ -301,20 +347,101 @@ class EvaluatorPool:
         )
         return busy / max(wall * len(self.slots), 1e-9)
 
+    def compile_wait_share(self) -> float:
+        """The share of the slots' busy time spent waiting for a compile (finished work)."""
+        busy = sum(s.busy_s for s in self.slots)
+        return self.compile_wait_s / busy if busy > 0 else 0.0
+
     def reset_clock(self) -> None:
         self.started = time.monotonic()
+        self.compile_wait_s = 0.0
         for s in self.slots:
             s.busy_s = 0.0
             s.since = None if s.since is None else self.started
 
+    # ------------------------------------------------------------ slots
+    async def _acquire(self, task: EvalTask) -> tuple[_Slot, _Waiter | None]:
+        """A slot for ``task``: a free one at once, else the first one handed to it."""
+        self._check_loop()
+        for s in self.slots:
+            if not s.held:
+                s.held = True
+                return s, None
+        w = _Waiter(task, asyncio.get_running_loop().create_future())
+        self._waiters.append(w)
+        self._plan_ahead()
+        try:
+            return await w.future, w
+        except asyncio.CancelledError:
+            if w.future.done() and not w.future.cancelled():
+                self._release(w.future.result())  # handed over as we were cancelled
+            self._forget(w)
+            raise
+
+    def _release(self, slot: _Slot) -> None:
+        """Hand ``slot`` to the next waiter (see the class docstring), or mark it free."""
+        if self._loop is None or self._loop.is_closed():
+            slot.held = False
+            return
+        for w in [w for w in self._waiters if w.future.done()]:  # cancelled, not yet resumed
+            self._forget(w)
+        nxt = slot.ahead[0] if slot.ahead else None
+        nxt = nxt or next((w for w in self._waiters if w.pinned is None), None)
+        nxt = nxt or (self._waiters[0] if self._waiters else None)
+        if nxt is None:
+            slot.held = False
+        else:
+            if nxt.pinned is not None and nxt.pinned is not slot:
+                self._unpin(nxt)  # its compile is elsewhere: dropped there
+            if nxt.pinned is slot:
+                slot.ahead.remove(nxt)
+            self._waiters.remove(nxt)
+            nxt.future.set_result(slot)
+        self._plan_ahead()
+
+    def _forget(self, w: _Waiter) -> None:
+        """``w`` stops waiting (cancelled): drop it and its compile-ahead."""
+        if w in self._waiters:
+            self._waiters.remove(w)
+        self._unpin(w)
+
+    def _unpin(self, w: _Waiter) -> None:
+        """Drop ``w``'s compile-ahead: its evaluator forgets the executable once the
+        compile it started ends."""
+        slot, prep = w.pinned, w.prep
+        if slot is not None and w in slot.ahead:
+            slot.ahead.remove(w)
+        w.pinned, w.prep = None, None
+        if slot is not None and prep is not None:
+            asyncio.ensure_future(_release_after(prep, slot.actor, w.task))
+
+    def _plan_ahead(self) -> None:
+        """Pin waiting tasks to held slots with room ahead (the slot held longest first)
+        and start their compiles there."""
+        if not self.compile_ahead:
+            return
+        for w in self._waiters:
+            if w.pinned is not None or w.future.done():
+                continue
+            room = [s for s in self.slots if s.held and len(s.ahead) < self.compile_ahead]
+            if not room:
+                return
+            slot = min(room, key=lambda s: (len(s.ahead), s.since or math.inf))
+            slot.ahead.append(w)
+            w.pinned, w.prep_generation = slot, slot.generation
+            w.prep = asyncio.ensure_future(_ref(slot.actor.prepare.remote(
+                w.task, self.bounds.memory_budget_mb if self.bounds else 0.0
+            )))  # fmt: skip
+            self.compiled_ahead += 1
+
+    # ------------------------------------------------------------ running a task
     async def run(self, task: EvalTask) -> EvalOutcome:
         """Evaluate ``task`` on the next free slot; never raises for evaluation errors."""
-        free = self._queue()
         self.pending += 1
         try:
             error = "no attempt made"
             for attempt in range(1, self.max_attempts + 1):
-                slot = await free.get()
+                slot, waiter = await self._acquire(task)
                 try:  # the slot goes back whatever happens: other Ray errors, cancellation
                     t0 = slot.since = time.monotonic()
                     self.busy += 1
@@ -322,14 +449,17 @@ class EvaluatorPool:
                         if self.bounds is None:
                             out = await slot.actor.evaluate.remote(task)
                         else:
-                            out = await self._bounded(slot, task)
+                            ahead = _ahead_of(waiter, slot)
+                            out = await self._bounded(slot, task, ahead)
                     finally:  # busy while the actor runs the task, not while it restarts
                         self.busy -= 1
                         slot.busy_s += time.monotonic() - max(t0, self.started)
                         slot.since = None
+                    # counted with the busy time it is a share of (finished work)
+                    self.compile_wait_s += _compile_wait(out)
                     if isinstance(out, _Stopped):  # a deadline or the memory budget
                         if out.kill:
-                            await self._kill(slot.actor)
+                            await self._kill(slot)
                         return EvalOutcome(
                             task,
                             ok=False,
@@ -340,6 +470,7 @@ class EvaluatorPool:
                             reference_s=out.reference_s,
                             compile_s=out.compile_s,
                             run_s=out.run_s,
+                            compile_wait_s=out.compile_wait_s,
                         )
                 except RayTaskError as err:  # the evaluation raised: bad code, not bad luck
                     return EvalOutcome(
@@ -347,10 +478,11 @@ class EvaluatorPool:
                     )
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
+                    slot.generation += 1  # whatever it had compiled ahead is gone
                     await _until_alive(slot.actor)  # Ray restarts it; don't spend attempts
                     continue
                 finally:
-                    free.put_nowait(slot)
+                    self._release(slot)
                 self.done += 1
                 return EvalOutcome(task, ok=True, attempts=attempt, **out)
             return EvalOutcome(
@@ -383,42 +515,68 @@ class EvaluatorPool:
             self.references[key] = (float(out["compile_s"]), max(float(out["run_s"]), 1e-6))
         return self.references[key]
 
-    async def _bounded(self, slot: _Slot, task: EvalTask) -> dict[str, Any] | _Stopped:
-        """One attempt of ``task`` under :attr:`bounds`: compile and check its memory,
-        then run it against the deadline. Returns the evaluator's result, or why it was
-        stopped (the caller kills the evaluator when the stop says so)."""
+    async def _bounded(
+        self, slot: _Slot, task: EvalTask, ahead: asyncio.Future | None = None
+    ) -> dict[str, Any] | _Stopped:
+        """One attempt of ``task`` under :attr:`bounds`: compile and check its memory
+        (or await the compile started ahead, ``ahead``), then run it against the
+        deadline. Returns the evaluator's result, or why it was stopped (the caller
+        kills the evaluator when the stop says so). Compile wait: the time the slot is
+        held waiting for the compile, past the reference's measurement."""
         b = self.bounds
         assert b is not None
         key = (id(slot.actor), task.config, len(task.seeds), task.fast_compile)
         is_reference = task.spec == self.reference_spec()
-        if is_reference and key not in self.references:  # the measurement is the run
-            out = await slot.actor.evaluate.remote(task)
+        if is_reference and key not in self.references and b.max_slowdown:
+            out = await slot.actor.evaluate.remote(task)  # the measurement is the run
             self.references[key] = (float(out["compile_s"]), max(float(out["run_s"]), 1e-6))
-            return dict(out, slowdown=1.0, reference_s=self.references[key][1])
-        _, ref_s = await self._reference(slot, task)
+            wait = float(out["compile_s"])  # compiled inside the evaluation
+            return dict(out, slowdown=1.0, reference_s=self.references[key][1], compile_wait_s=wait)
+        # no deadline (max_slowdown 0): no reference run either
+        ref_s = (await self._reference(slot, task))[1] if b.max_slowdown else None
         t0 = time.monotonic()
-        try:
-            prep = await asyncio.wait_for(
-                _ref(slot.actor.prepare.remote(task, b.memory_budget_mb)), b.compile_timeout_s
-            )
-        except asyncio.TimeoutError:
+        prep = None
+        if ahead is not None:
+            try:
+                prep = await asyncio.wait_for(asyncio.shield(ahead), b.compile_timeout_s)
+            except asyncio.TimeoutError:
+                prep = _TIMEOUT
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                prep = None  # lost with its evaluator (restarted since): compile again
+        if prep is None:
+            try:
+                left = max(b.compile_timeout_s - (time.monotonic() - t0), 1e-3)
+                prep = await asyncio.wait_for(
+                    _ref(slot.actor.prepare.remote(task, b.memory_budget_mb)), left
+                )
+            except asyncio.TimeoutError:
+                prep = _TIMEOUT
+        wait = time.monotonic() - t0
+        if prep is _TIMEOUT:
             return _Stopped(
                 "timeout",
                 f"compiling did not finish within evaluator.compile_timeout_s = "
                 f"{b.compile_timeout_s:g} s; the evaluator was stopped",
                 kill=True,
                 reference_s=ref_s,
-                compile_s=time.monotonic() - t0,
+                compile_s=wait,
+                compile_wait_s=wait,
             )
         if prep.get("error"):
             return _Stopped(
-                "memory", prep["error"], kill=False, reference_s=ref_s, compile_s=prep["compile_s"]
+                "memory",
+                prep["error"],
+                kill=False,
+                reference_s=ref_s,
+                compile_s=prep["compile_s"],
+                compile_wait_s=wait,
             )
-        deadline = b.deadline(ref_s)
+        deadline = b.deadline(ref_s) if ref_s is not None else None
         t1 = time.monotonic()
         try:
             out = await asyncio.wait_for(_ref(slot.actor.evaluate.remote(task)), deadline)
         except asyncio.TimeoutError:
+            assert ref_s is not None
             ran = time.monotonic() - t1
             return _Stopped(
                 "timeout",
@@ -432,17 +590,22 @@ class EvaluatorPool:
                 reference_s=ref_s,
                 compile_s=float(prep["compile_s"]),
                 run_s=ran,
+                compile_wait_s=wait,
             )
-        return dict(out, slowdown=float(out["run_s"]) / ref_s, reference_s=ref_s)
+        slowdown = float(out["run_s"]) / ref_s if ref_s else None
+        return dict(out, slowdown=slowdown, reference_s=ref_s, compile_wait_s=wait)
 
-    async def _kill(self, actor: Any) -> None:
+    async def _kill(self, slot: _Slot) -> None:
         """End the process running an overrun evaluation; Ray restarts the actor (a
-        restart, not a crash: no attempt is spent) and this returns once it answers."""
+        restart, not a crash: no attempt is spent) and this returns once it answers.
+        What it was compiling ahead is lost: those tasks compile again when their turn
+        comes."""
         t0 = time.monotonic()
-        ray.kill(actor, no_restart=False)
+        slot.generation += 1
+        ray.kill(slot.actor, no_restart=False)
         self.killed += 1
         await asyncio.sleep(0.2)  # let the death register before asking for readiness
-        await _until_alive(actor)
+        await _until_alive(slot.actor)
         self.restart_s.append(time.monotonic() - t0)
 
 
@@ -457,6 +620,38 @@ class _Stopped:
     reference_s: float | None = None
     compile_s: float = 0.0
     run_s: float = 0.0
+    compile_wait_s: float | None = None
+
+
+#: A compile that did not finish within ``compile_timeout_s``.
+_TIMEOUT: dict[str, Any] = {"timeout": True}
+
+
+def _compile_wait(out: Any) -> float:
+    """The compile wait a bounded attempt reported (0 for an unbounded one)."""
+    wait = out.compile_wait_s if isinstance(out, _Stopped) else out.get("compile_wait_s")
+    return float(wait or 0.0)
+
+
+def _ahead_of(waiter: _Waiter | None, slot: _Slot) -> asyncio.Future | None:
+    """The compile started ahead for ``waiter`` on ``slot``, if it is still there (not
+    lost with a killed evaluator)."""
+    if waiter is None or waiter.prep is None or waiter.pinned is not slot:
+        return None
+    if waiter.prep_generation != slot.generation:
+        return None
+    return waiter.prep
+
+
+async def _release_after(prep: asyncio.Future, actor: Any, task: EvalTask) -> None:
+    """Once a compile started ahead has ended, tell its evaluator to drop the executable
+    (the task went to another slot)."""
+    try:
+        await prep
+    except Exception:  # noqa: BLE001 - failed or lost: nothing was kept
+        return
+    with contextlib.suppress(Exception):  # the evaluator is gone: so is what it kept
+        await actor.release.remote(task)
 
 
 async def _ref(ref: Any) -> Any:
@@ -505,6 +700,7 @@ def outcome_rows(out: EvalOutcome, where: dict[str, Any], stage: str) -> list[di
         node=out.node,
         evaluator=out.evaluator,
         slowdown=out.slowdown,
+        compile_wait_s=out.compile_wait_s,
     )
     if not out.ok:
         return [

@@ -11,8 +11,8 @@ from typing import Any
 
 import ray
 
-from rayopt.config import ConfigError, DiscoveryConfig
-from rayopt.search.evaluator import EvaluatorActor, actor_env
+from rayopt.config import ConfigError, DiscoveryConfig, EvaluatorSection
+from rayopt.search.evaluator import Bounds, EvaluatorActor, EvaluatorPool, actor_env
 
 
 class NoEvaluatorFits(ConfigError, RuntimeError):
@@ -71,6 +71,7 @@ class Evaluators(list):
     the placement group reserving their resources when one was asked for."""
 
     placement_group: Any = None
+    num_gpus: float = 0.0  # each evaluator's share of a GPU (0: CPU evaluators)
 
     def stop(self) -> None:
         """Kill the actors (no restart) and hand their reserved resources back."""
@@ -82,6 +83,17 @@ class Evaluators(list):
             remove_placement_group(self.placement_group)
             self.placement_group = None
         self.clear()
+
+
+def pool_for(fleet: Evaluators, ev: EvaluatorSection, max_attempts: int = 3) -> EvaluatorPool:
+    """The pool that feeds ``fleet``: bounded by ``ev`` (deadlines, memory), compiling
+    ahead where ``ev`` says so for the fleet's device kind."""
+    return EvaluatorPool(
+        list(fleet),
+        max_attempts=max_attempts,
+        bounds=Bounds.from_config(ev),
+        compile_ahead=ev.compile_ahead_for(fleet.num_gpus),
+    )
 
 
 def evaluator_demand(cfg: DiscoveryConfig) -> tuple[float, float, dict[str, float]]:
@@ -169,6 +181,7 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
     if not cpus:  # CPU-only with a count: split the smallest node's CPUs between them
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
         cpus = max(1, int(min(n["Resources"]["CPU"] for n in nodes) // max(1, count // len(nodes))))
+    out.num_gpus = gpus
     bundle = {k: v for k, v in {"CPU": cpus, **per}.items() if v}
     strategies: list[Any] = ["SPREAD"] * count
     if ev.placement_group:

@@ -1,0 +1,174 @@
+"""Compile ahead (issue 14): while an evaluator runs one evaluation, it compiles the next
+queued one on a host thread, so the device never waits for that compile.
+
+The scheduling is checked on simulated evaluators (real Ray actors whose compile and run
+are sleeps, so the order of events is certain); real PPO checks that compiling beside a
+run overlaps the two and changes no result. test_bounded.py runs a sweep with
+compile-ahead on through a deadline kill (the compiled-ahead work is lost with the
+process and compiled again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import ray
+
+from rayopt.optim import resolve
+from rayopt.rl.ppo import config_for
+from rayopt.search.evaluator import Bounds, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
+from rayopt.search.simulate import SleepEvaluator
+
+NO_DEADLINE = Bounds(max_slowdown=0.0)  # no reference runs: only compile and run
+
+
+def _sim_task(key: str) -> EvalTask:
+    cfg = config_for("CartPole-v1", num_envs=4, num_steps=16, total_timesteps=64)
+    return EvalTask(key, resolve("sign_update"), cfg, (0,), keep=False)  # not the reference
+
+
+def _times(log: list, what: str) -> dict[str, float]:
+    return {key: t for w, key, t in log if w == what}
+
+
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_one_evaluator_compiles_the_next_task_while_one_runs(ray_local, ahead):
+    run_s, compile_s = 1.0, 0.4
+    actor = SleepEvaluator.remote(run_s, jitter=0.0, compile_s=compile_s)
+    ray.get(actor.release.remote(_sim_task("warm-up")))  # started, tasks' modules imported
+    pool = EvaluatorPool([actor], bounds=NO_DEADLINE, compile_ahead=ahead)
+    keys = [f"t{i}" for i in range(4)]
+
+    async def scenario():
+        return await asyncio.gather(*(pool.run(_sim_task(k)) for k in keys))
+
+    t0 = time.monotonic()
+    outs = asyncio.run(scenario())
+    wall = time.monotonic() - t0
+    assert all(o.ok for o in outs)
+    log = ray.get(actor.log.remote())
+    starts, ends = _times(log, "evaluate_start"), _times(log, "evaluate_end")
+    prepared = _times(log, "prepare_start")
+    order = sorted(keys, key=starts.get)
+    assert order == keys  # first come, first served
+    assert pool.compiled_ahead == 3 * ahead
+    for prev, key in zip(order, order[1:], strict=False):
+        overlaps = prepared[key] < ends[prev]  # compiled while the previous one ran
+        assert overlaps == bool(ahead), (key, log)
+    waits = [o.compile_wait_s for o in outs]
+    assert waits[0] >= compile_s * 0.9  # nothing runs before the first compile
+    if ahead:  # the others were compiled by the time the device freed
+        assert max(waits[1:]) < compile_s / 2, waits
+        assert wall < 4 * run_s + 2 * compile_s
+    else:
+        assert min(waits) >= compile_s * 0.9, waits
+        assert wall >= 4 * (run_s + compile_s)
+    share = pool.compile_wait_share()
+    assert (share < 0.15) if ahead else (0.2 < share < 0.35), share
+    ray.kill(actor)
+
+
+def test_a_slot_that_frees_first_takes_a_task_pinned_elsewhere(ray_local):
+    """No slot idles while a task waits: the task compiling ahead on a long run's
+    evaluator goes to the evaluator that frees first, and the long one drops what it
+    compiled for it."""
+    long_ = SleepEvaluator.remote(3.0, jitter=0.0, compile_s=0.2)
+    short = SleepEvaluator.remote(0.3, jitter=0.0, compile_s=0.2)
+    ray.get([a.release.remote(_sim_task("warm-up")) for a in (long_, short)])
+    pool = EvaluatorPool([long_, short], bounds=NO_DEADLINE, compile_ahead=1)
+
+    async def scenario():
+        first = asyncio.ensure_future(pool.run(_sim_task("long")))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(pool.run(_sim_task("short")))
+        await asyncio.sleep(0.1)
+        third = await pool.run(_sim_task("moved"))  # pinned to the long run's slot
+        return third, await first, await second
+
+    third, first, second = asyncio.run(scenario())
+    assert first.ok and second.ok and third.ok
+    on_long, on_short = ray.get(long_.log.remote()), ray.get(short.log.remote())
+    assert "moved" in _times(on_long, "prepare_start")  # compiled ahead there ...
+    assert "moved" in _times(on_short, "evaluate_end")  # ... run here
+    assert "moved" not in _times(on_long, "evaluate_start")
+    # the long evaluator forgets the executable once its compile has ended
+    deadline = time.monotonic() + 10
+    while "moved" not in _times(on_long, "release") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        on_long = ray.get(long_.log.remote())
+    assert _times(on_long, "release")["moved"] >= _times(on_long, "prepare_end")["moved"]
+    ray.kill(long_)
+    ray.kill(short)
+
+
+def test_work_compiled_ahead_is_compiled_again_after_a_deadline_kill(ray_local):
+    """The evaluation compiled ahead while another overran its deadline dies with the
+    killed process; it is compiled again on the restarted evaluator and runs there."""
+    actor = SleepEvaluator.options(max_restarts=-1, max_task_retries=0).remote(
+        0.2, jitter=0.0, compile_s=0.3, run_s={"slow": 60.0}
+    )
+    ray.get(actor.release.remote(_sim_task("warm-up")))
+    pool = EvaluatorPool([actor], bounds=Bounds(max_slowdown=2.0, floor_s=0.5), compile_ahead=1)
+
+    async def scenario():
+        slow = asyncio.ensure_future(pool.run(_sim_task("slow")))
+        await asyncio.sleep(0.05)
+        nxt = asyncio.ensure_future(pool.run(_sim_task("next")))  # compiled ahead
+        return await slow, await nxt
+
+    slow, nxt = asyncio.run(scenario())
+    assert not slow.ok and slow.error_kind == "timeout" and pool.killed == 1
+    assert nxt.ok and pool.compiled_ahead == 1
+    after = ray.get(actor.log.remote())  # the restarted process's own log
+    assert "next" in _times(after, "prepare_end") and "next" in _times(after, "evaluate_end")
+    assert _times(after, "prepare_end")["next"] <= _times(after, "evaluate_start")["next"]
+    ray.kill(actor, no_restart=True)
+
+
+@pytest.fixture(scope="module")
+def ppo_evaluator(ray_local):
+    actor = EvaluatorActor.options(num_cpus=1, runtime_env={"env_vars": actor_env(0, 1)}).remote()
+    ray.get(actor.info.remote())  # started: its start-up is no compile
+    yield actor
+    ray.kill(actor, no_restart=True)
+
+
+def test_real_ppo_compiles_ahead_beside_a_run_and_gets_the_same_results(ppo_evaluator):
+    """Adam trains for a while; two programs new to XLA queue behind it. Compiled ahead,
+    the first of them is ready when Adam ends (its compile overlapped Adam's compile and
+    run), and their results equal those of the same tasks run one at a time."""
+    tiny = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2)
+    long_run = config_for("CartPole-v1", **tiny, total_timesteps=64 * 4000)
+    short = config_for("CartPole-v1", **tiny, total_timesteps=64 * 4)
+
+    def programs(tag: str) -> list[EvalTask]:
+        return [
+            EvalTask(f"{tag}/{name}", resolve(name), short, (0, 1), True, keep=False)
+            for name in ("sign_update", "relative_update")
+        ]
+
+    def run(ahead: int, tasks: list[EvalTask]):
+        pool = EvaluatorPool([ppo_evaluator], bounds=NO_DEADLINE, compile_ahead=ahead)
+
+        async def scenario():
+            return await asyncio.gather(*(pool.run(t) for t in tasks))
+
+        return asyncio.run(scenario()), pool
+
+    adam = EvalTask("adam", resolve("adam"), long_run, (0,), True, keep=False)
+    # first: nothing of it is in the session's compilation cache
+    (trained, *ahead), pool = run(1, [adam, *programs("ahead")])
+    serial, _ = run(0, programs("serial"))
+    assert pool.compiled_ahead == 2
+    assert trained.ok and trained.run_s > 0
+    for a, b in zip(ahead, serial, strict=True):
+        assert a.ok and b.ok, (a.error, b.error)
+        np.testing.assert_allclose(a.final_return, b.final_return, rtol=1e-5)
+        np.testing.assert_allclose(a.auc, b.auc, rtol=1e-5)
+    first = ahead[0]  # sign_update: compiled while Adam compiled and ran
+    timings = [(o.task.key, o.compile_s, o.compile_wait_s, o.run_s) for o in [trained, *ahead]]
+    assert first.compile_s > 0 and first.compile_wait_s < first.compile_s / 2, timings
+    assert all(o.compile_wait_s >= 0.9 * o.compile_s for o in serial)
