@@ -129,8 +129,8 @@ def full(args, out: dict) -> None:
 
 def ahead(args, out: dict) -> None:
     """One candidate's envs queued on one evaluator, compile-ahead off then on. Each pass
-    trains a program new to XLA (Discovered 1, its text changed by a comment, so no cache
-    holds its executables)."""
+    compiles afresh: the second pass trains one PPO update more (its programs differ from
+    the first's, so not even a persistent compilation cache holds them)."""
     import jax
     import ray
 
@@ -152,13 +152,19 @@ def ahead(args, out: dict) -> None:
     rows = []
     try:
         for depth in (0, 1):
-            code = SYMBOLIC["discovered_1"] + f"# device check, compile_ahead={depth}\n"
-            spec = OptimiserSpec(f"do1-ahead{depth}", "symbolic", code=code)
+            spec = OptimiserSpec(f"do1-ahead{depth}", "symbolic", code=SYMBOLIC["discovered_1"])
+
+            def config(env: str, depth: int = depth):
+                base = config_for(env, total_timesteps=int(args.ahead_steps), **extra)
+                return base.replace(
+                    total_timesteps=(base.num_updates + depth) * base.num_envs * base.num_steps
+                )
+
             tasks = [
                 EvalTask(
                     f"ahead{depth}/{env}",
                     spec,
-                    config_for(env, total_timesteps=int(args.ahead_steps), **extra),
+                    config(env),
                     tuple(range(args.full_seeds)),
                     fast_compile=args.smoke,
                     keep=False,
@@ -181,7 +187,7 @@ def ahead(args, out: dict) -> None:
                     compile_ahead=depth,
                     envs=len(envs),
                     seeds=args.full_seeds,
-                    total_timesteps=int(args.ahead_steps),
+                    total_timesteps=tasks[0].config.total_timesteps,
                     wall_s=round(wall, 2),
                     compile_s=round(sum(o.compile_s for o in outs), 2),
                     compile_wait_s=round(sum(o.compile_wait_s or 0.0 for o in outs), 2),
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--full-steps", type=float, default=None, help="default 1e7 (smoke: 256)")
     ap.add_argument("--full-seeds", type=int, default=None, help="default 8 (smoke: 2)")
-    ap.add_argument("--ahead-steps", type=float, default=None, help="default 1e6 (smoke: 256)")
+    ap.add_argument("--ahead-steps", type=float, default=None, help="default 1e6 (smoke: 512)")
     ap.add_argument("--ahead-envs", type=int, default=None, help="default 4 (smoke: 2)")
     ap.add_argument("--ahead-cpus", type=int, default=None, help="CPU evaluator's devices")
     ap.add_argument("--discovery-steps", type=float, default=None, help="default 1e6 (smoke 128)")
@@ -378,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args.updates = args.updates or (1 if s else 20)
     args.full_steps = args.full_steps or (256 if s else 1e7)
     args.full_seeds = args.full_seeds or (2 if s else 8)
-    args.ahead_steps = args.ahead_steps or (256 if s else 1e6)
+    args.ahead_steps = args.ahead_steps or (512 if s else 1e6)
     args.ahead_envs = args.ahead_envs or (2 if s else len(MINATAR))
     args.ahead_cpus = args.ahead_cpus or max(1, len(os.sched_getaffinity(0)))
     args.discovery_steps = args.discovery_steps or (128 if s else 1e6)

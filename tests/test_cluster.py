@@ -422,7 +422,7 @@ def test_cli_attaches_and_survives_losing_a_worker_node(cluster, tmp_path):
     assert replacement.node_id in set(evals.node), "the restarted evaluator ran on the new node"
     retried = evals[evals.attempt > 1]
     assert len(retried) >= 1, "the evaluation lost with the node was retried"
-    assert (retried.node != victim.node_id).all()
+    assert (retried.node == replacement.node_id).all(), "... on the restarted evaluator"
 
     me = ray.get_runtime_context().get_job_id()
     evaluators = _actors(cluster, "EvaluatorActor", me)

@@ -141,7 +141,7 @@ def test_real_ppo_compiles_ahead_beside_a_run_and_gets_the_same_results(ppo_eval
     the first of them is ready when Adam ends (its compile overlapped Adam's compile and
     run), and their results equal those of the same tasks run one at a time."""
     tiny = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2)
-    long_run = config_for("CartPole-v1", **tiny, total_timesteps=64 * 4000)
+    long_run = config_for("CartPole-v1", **tiny, total_timesteps=64 * 2500)
     short = config_for("CartPole-v1", **tiny, total_timesteps=64 * 4)
 
     def programs(tag: str) -> list[EvalTask]:

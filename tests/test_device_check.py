@@ -45,7 +45,8 @@ def test_device_check_estimate_formula() -> None:
 
 @pytest.mark.slow
 def test_device_check_smoke_end_to_end(tmp_path: Path) -> None:
-    """The whole --smoke run (every section, a local Ray discovery) under 3 minutes."""
+    """The whole --smoke run (every section, a local Ray discovery; 3 minutes on an idle
+    2-core machine) ends with every section's figures."""
     env = dict(os.environ, OUT=str(tmp_path))
     proc = subprocess.run(
         [str(ROOT / "benchmarks" / "device_check.sh"), "--smoke"],
@@ -55,5 +56,9 @@ def test_device_check_smoke_end_to_end(tmp_path: Path) -> None:
     out = json.loads((tmp_path / "device_check.json").read_text())
     assert not out.get("errors")
     assert len(out["throughput"]) == 6 and len(out["full"]["rows"]) == 4
+    off, on = out["ahead"]["rows"]
+    assert (off["compile_ahead"], on["compile_ahead"]) == (0, 1)
+    assert off["compile_wait_s"] >= 0.9 * off["compile_s"] > 0  # every compile waited for
     assert out["discovery"]["candidates_evaluated"] >= 1
+    assert 0 <= out["discovery"]["compile_wait_share"] <= 1
     assert out["estimate"]["gpu_days_640"] > 0

@@ -278,6 +278,35 @@ def test_pool_returns_the_slot_on_any_error_or_cancellation():
         assert out.ok and out.attempts == 2 and pool.done == 1
         assert _settled(pool)
 
+        # the lost evaluation is retried on the evaluator Ray restarted (on a new node,
+        # on a cluster), even when another slot freed while it restarted
+        ran, other_done = [], asyncio.Event()
+
+        async def other(task):
+            ran.append("other")
+            await other_done.wait()
+            return dict(final_return=np.zeros(1), auc=np.zeros(1))
+
+        async def dies_then_runs(task):
+            ran.append("restarted")
+            if ran.count("restarted") == 1:
+                raise ActorDiedError()
+            return dict(final_return=np.zeros(1), auc=np.zeros(1))
+
+        async def restarting():
+            other_done.set()  # the other slot frees while this evaluator restarts
+            await asyncio.sleep(0.05)
+
+        restarted = _FakeActor(dies_then_runs)
+        restarted.__ray_ready__ = _Method(restarting)
+        pool = EvaluatorPool([_FakeActor(other), restarted], max_attempts=3)
+        first = asyncio.create_task(pool.run(task))
+        await asyncio.sleep(0.01)
+        out = await pool.run(task)
+        assert (await first).ok and out.ok and out.attempts == 2
+        assert ran == ["other", "restarted", "restarted"], ran
+        assert _settled(pool)
+
     asyncio.run(scenario())
 
 

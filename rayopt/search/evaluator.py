@@ -440,9 +440,12 @@ class EvaluatorPool:
         self.pending += 1
         try:
             error = "no attempt made"
+            slot: _Slot | None = None
             for attempt in range(1, self.max_attempts + 1):
-                slot, waiter = await self._acquire(task)
-                try:  # the slot goes back whatever happens: other Ray errors, cancellation
+                if slot is None:
+                    slot, waiter = await self._acquire(task)
+                keep = False  # the slot goes back whatever happens, but for a retry on it
+                try:
                     t0 = slot.since = time.monotonic()
                     self.busy += 1
                     try:
@@ -479,10 +482,15 @@ class EvaluatorPool:
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
                     slot.generation += 1  # whatever it had compiled ahead is gone
-                    await _until_alive(slot.actor)  # Ray restarts it; don't spend attempts
+                    waiter = None
+                    # Ray restarts it (elsewhere if its node is gone): the retry runs on
+                    # the restarted evaluator, whose slot this task keeps meanwhile
+                    keep = await _until_alive(slot.actor)
                     continue
                 finally:
-                    self._release(slot)
+                    if not keep:
+                        self._release(slot)
+                        slot = None
                 self.done += 1
                 return EvalOutcome(task, ok=True, attempts=attempt, **out)
             return EvalOutcome(
@@ -659,17 +667,18 @@ async def _ref(ref: Any) -> Any:
     return await ref
 
 
-async def _until_alive(actor: Any, timeout_s: float = 300.0) -> None:
+async def _until_alive(actor: Any, timeout_s: float = 300.0) -> bool:
     """Wait while Ray restarts ``actor``: calls made meanwhile fail at once and would
-    spend attempts. After ``timeout_s`` (a node gone for good) the next attempt runs
-    anyway and reports what it finds."""
+    spend attempts. False after ``timeout_s`` (no node for it yet): the next attempt
+    takes any slot and reports what it finds."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             await actor.__ray_ready__.remote()
-            return
+            return True
         except (ActorUnavailableError, RayActorError):  # ActorDiedError included
             await asyncio.sleep(0.5)
+    return False
 
 
 def _short(err: BaseException, limit: int = 500) -> str:
