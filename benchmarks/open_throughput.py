@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from open_frozen import frozen_open_transform  # noqa: E402
-from ppo_throughput import TRUNCATION  # noqa: E402
+from ppo_throughput import rayopt_trainer, timed_run  # noqa: E402
 
 from rayopt.optim import UpdateContext, clip_by_global_norm_per_network  # noqa: E402
 from rayopt.optim.open import load_open_params, open_transform  # noqa: E402
@@ -94,17 +94,17 @@ def ppo_interleaved(env: str, txs: dict, seeds: int, updates: int, reps: int) ->
     from rayopt.optim import build, resolve
     from rayopt.rl.execution import train_seeds
 
-    cfg = config_for(env, truncation=TRUNCATION).replace(total_timesteps=updates * 64 * 128)
     trainers, compile_s = {}, {}
     for name, tx in txs.items():
-        trainers[name] = make_train(cfg, tx if tx is not None else build(resolve("adam")))
+        cfg, trainers[name] = rayopt_trainer(
+            env, updates, tx if tx is not None else build(resolve("adam"))
+        )
         compile_s[name] = train_seeds(trainers[name], range(seeds)).compile_s
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in txs}
     for _ in range(reps):
         for name, trainer in trainers.items():
-            c0 = time.process_time()
-            r = train_seeds(trainer, range(seeds))
-            runs[name].append((r.run_s, time.process_time() - c0))
+            r, cpu_s = timed_run(trainer, seeds)
+            runs[name].append((r.run_s, cpu_s))
     steps = seeds * cfg.num_updates * cfg.num_envs * cfg.num_steps
     adam = runs["adam"]
     rows = []

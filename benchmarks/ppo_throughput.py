@@ -80,20 +80,28 @@ def flops_per_step(env: str) -> float:
     return (actor + 2 * critic) + cfg.update_epochs * 3 * (actor + critic)
 
 
+def rayopt_trainer(env: str, updates: int, tx) -> tuple:
+    """(config, trainer): Table 1's PPO on ``env`` for ``updates`` updates with ``tx``."""
+    cfg = config_for(env, truncation=TRUNCATION).replace(total_timesteps=updates * 64 * 128)
+    return cfg, make_train(cfg, tx)
+
+
+def timed_run(trainer, seeds: int, strategy: str = "auto") -> tuple:
+    """One compiled run of ``seeds`` seeds: (its result, process CPU seconds)."""
+    c0 = time.process_time()
+    result = train_seeds(trainer, range(seeds), strategy=strategy)
+    return result, time.process_time() - c0
+
+
 def bench_rayopt(
     env: str, opt: str, seeds: int, updates: int, reps: int, tx=None, strategy: str = "auto"
 ) -> dict:
     """rayopt's PPO with optimiser ``opt`` (a library name; or any label when ``tx``, an
     optax transformation, is given), timed as the fastest of ``reps`` compiled runs."""
-    cfg = config_for(env, truncation=TRUNCATION).replace(total_timesteps=updates * 64 * 128)
-    trainer = make_train(cfg, tx if tx is not None else build(resolve(opt)))
+    cfg, trainer = rayopt_trainer(env, updates, tx if tx is not None else build(resolve(opt)))
     first = train_seeds(trainer, range(seeds), strategy=strategy)
     # compiled: run time only
-    runs, cpu = [], []
-    for _ in range(reps):
-        c0 = time.process_time()
-        runs.append(train_seeds(trainer, range(seeds), strategy=strategy))
-        cpu.append(time.process_time() - c0)
+    runs, cpu = zip(*(timed_run(trainer, seeds, strategy) for _ in range(reps)), strict=True)
     run_s = min(r.run_s for r in runs)  # the least disturbed repetition
     steps = seeds * cfg.num_updates * cfg.num_envs * cfg.num_steps
     return dict(

@@ -179,7 +179,8 @@ class EvaluatorSection:
     # Compile ahead (docs/evaluator.md): while an evaluator runs one evaluation, it
     # compiles up to this many of the next queued ones on host threads, so each starts
     # the moment the device frees. null: 1 on GPU evaluators, 0 on CPU ones (measured on
-    # a 2-core CPU: compiling beside a run only slows the run down there).
+    # a 2-core CPU: a compile beside a run shares its cores and skews its timing, which the
+    # deadline judges; docs/evaluator.md).
     compile_ahead: int | None = None
 
     def compile_ahead_for(self, num_gpus: float) -> int:

@@ -404,9 +404,9 @@ def test_cli_rejects_missing_or_bad_weights_before_training(
 @pytest.mark.parametrize("mask_kind", ["python", "array"])
 def test_restructured_update_matches_frozen_implementation(mask_kind: str) -> None:
     """The restructured OPEN (fused gates, per-tensor inputs as biases, flat carry, folded
-    LayerNorm centring, no critic draw) gives
-    the pre-issue-14 implementation's updates, momenta and carries (tests/open_frozen.py)
-    to float tolerance: the published multi-OPEN on Breakout's PPO shapes, three steps."""
+    LayerNorm centring, no critic draw) gives the pre-issue-14 implementation's updates,
+    momenta and carries (tests/open_frozen.py) to float tolerance: the published
+    multi-OPEN on Breakout's PPO shapes, three steps."""
     from open_frozen import frozen_open_transform
 
     from rayopt.rl.networks import MLP, layer_proportions

@@ -199,7 +199,7 @@ class EvaluatorActor:
         analysis of the executable against the device's budget. Returns compile_s,
         memory (bytes: temp, argument, output, total) and, when it does not fit, an
         ``error`` (and the compiled executable is dropped)."""
-        from rayopt.rl.evaluation import prepare, release
+        from rayopt.rl.evaluation import prepare
 
         compile_s, memory = prepare(
             task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=task.keep
@@ -207,11 +207,7 @@ class EvaluatorActor:
         budget, source = memory_budget(budget_mb)
         out: dict[str, Any] = dict(compile_s=compile_s, memory=memory, budget=budget)
         if memory is not None and memory["total"] > budget:
-            release(task.spec, task.config)
-            if not task.keep:  # nothing else holds it: free the executable now
-                import gc
-
-                gc.collect()
+            self.release(task)
             out["error"] = (
                 f"needs {_gb(memory['total'])} of device buffers at the real shapes of "
                 f"{task.config.env} (hidden {task.config.hidden_size}, {len(task.seeds)} "
@@ -221,11 +217,11 @@ class EvaluatorActor:
         return out
 
     def release(self, task: EvalTask) -> None:
-        """Drop what ``prepare`` compiled for ``task`` (it will run elsewhere)."""
+        """Drop what ``prepare`` compiled for ``task`` (it will not run here, or not fit)."""
         from rayopt.rl.evaluation import release
 
         release(task.spec, task.config)
-        if not task.keep:
+        if not task.keep:  # nothing else holds it: free the executable now
             import gc
 
             gc.collect()
@@ -482,7 +478,6 @@ class EvaluatorPool:
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
                     slot.generation += 1  # whatever it had compiled ahead is gone
-                    waiter = None
                     # Ray restarts it (elsewhere if its node is gone): the retry runs on
                     # the restarted evaluator, whose slot this task keeps meanwhile
                     keep = await _until_alive(slot.actor)

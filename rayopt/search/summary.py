@@ -129,14 +129,10 @@ def text(cfg: DiscoveryConfig, summary: dict[str, Any], heldout: str | None) -> 
             f"ms{ms}: {m['evaluated']} evaluated, {m['duplicates']} duplicates (no PPO), "
             f"{m['failed']} failed or screened out"
         )
+    ahead = ", compiling ahead" if summary["compile_ahead"] else ""
     lines.append(
-        f"wall {summary['wall_s']:.0f} s, evaluators {summary['evaluator_utilisation']:.0%} busy"
-        + (
-            f" ({summary['compile_wait_share']:.0%} of it waiting for compiles"
-            + (", compiling ahead)" if summary.get("compile_ahead") else ")")
-            if "compile_wait_share" in summary
-            else ""
-        )
+        f"wall {summary['wall_s']:.0f} s, evaluators {summary['evaluator_utilisation']:.0%} busy "
+        f"({summary['compile_wait_share']:.0%} of it waiting for compiles{ahead})"
         + (f", llm ${summary['llm_cost_usd']:.2f}" if cfg.mutator.kind == "llm" else "")
         + f"; run directory {summary['run_dir']}"
     )
