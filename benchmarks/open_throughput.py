@@ -13,6 +13,10 @@ PPO shapes (Table 1). Two measurements:
 
     python benchmarks/open_throughput.py [--updates 10] [--seeds 8] [--reps 5]
 
+and, to see where a step's time goes (XLA's per-op times, each fused op with its contents):
+
+    taskset -c 0 python benchmarks/open_throughput.py --profile [--reps 5]
+
 Target (issue 14): OPEN >= 0.33x Adam's env-step rate (Breakout, 8 seeds) on the 2-core CPU.
 ``cpu_s`` (process CPU seconds) is reported beside wall time: on a loaded machine it is the
 fairer measure of work; quote wall figures only from an idle machine. PPO runs with
@@ -25,8 +29,10 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -47,8 +53,9 @@ from rayopt.rl.networks import layer_proportions  # noqa: E402
 from rayopt.rl.ppo import config_for, make_train  # noqa: E402
 
 
-def update_ms(tx, env: str, reps: int) -> dict:
-    """ms per OPEN step on ``env``'s PPO parameters, 32 steps in one scan."""
+def update_scan(tx, env: str):
+    """One PPO update's worth of OPEN steps (32, in one ``lax.scan``) on ``env``'s PPO
+    parameters, compiled: ``(run, args, n_params)``; ``run(*args)`` executes it."""
     params = make_train(config_for(env), optax_identity()).init(jax.random.PRNGKey(0)).params
     ctx = UpdateContext(
         jax.random.PRNGKey(1),
@@ -72,18 +79,81 @@ def update_ms(tx, env: str, reps: int) -> dict:
 
         return jax.lax.scan(body, (params, state), jnp.arange(32))[0]
 
-    state = tx.init(params)
-    jax.block_until_ready(run(params, state))
+    args = (params, tx.init(params))
+    jax.block_until_ready(run(*args))
+    return run, args, sum(p.size for p in jax.tree.leaves(params))
+
+
+def update_ms(tx, env: str, reps: int) -> dict:
+    """ms per OPEN step on ``env``'s PPO parameters, 32 steps in one scan."""
+    run, args, n = update_scan(tx, env)
     wall, cpu = [], []
     for _ in range(reps):
         t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(run(params, state))
+        jax.block_until_ready(run(*args))
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    n = sum(p.size for p in jax.tree.leaves(params))
     return dict(
         params=n, wall_ms=round(min(wall) / 32 * 1e3, 2), cpu_ms=round(min(cpu) / 32 * 1e3, 2)
     )
+
+
+def _fusion_ops(hlo_text: str) -> dict[str, str]:
+    """Each fused op of a compiled module -> the ops inside it, e.g. ``dot x3, tanh x3``:
+    what a profile's ``ynn_fusion.1`` is, without reading the HLO."""
+    bodies = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^%?([\w.\-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", hlo_text, re.M | re.S)
+    }
+    ops = {}
+    for m in re.finditer(r"%([\w.\-]+) = (\S+) fusion\(.*?calls=%([\w.\-]+)", hlo_text):
+        counts = Counter(re.findall(r"= \S+ (\w[\w-]*)\(", bodies.get(m.group(3), "")))
+        for trivial in ("parameter", "constant", "broadcast", "bitcast"):
+            counts.pop(trivial, None)
+        ops[m.group(1)] = f"{m.group(2).split('{')[0]}: " + ", ".join(
+            f"{op} x{c}" for op, c in counts.most_common()
+        )
+    return ops
+
+
+def profile_update(tx, env: str, reps: int, top: int = 12) -> list[dict]:
+    """Where an OPEN step's time goes: XLA's per-op times from a ``jax.profiler`` trace of
+    the 32-step scan, ms per step, largest first. Run it pinned to one core
+    (``taskset -c 0``) to see the cost of a step on a core of its own, as in PPO on CPU."""
+    import gzip
+    import tempfile
+
+    run, args, _ = update_scan(tx, env)
+    ops = _fusion_ops(run.lower(*args).compile().as_text())
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            for _ in range(reps):
+                jax.block_until_ready(run(*args))
+        with gzip.open(next(Path(d).rglob("*.json.gz"))) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    per_op: Counter = Counter()
+    for e in events:
+        # XLA's ops only: the executor's and Python's spans enclose them
+        if e.get("ph") == "X" and not e["name"].startswith(("$", "ThunkExecutor", "Pjit")):
+            per_op[e["name"]] += e.get("dur", 0)
+    # the scan's own span encloses the ops of its body (a loop inside a step, such as the
+    # noise draws', is a small share): not an op of its own
+    for name in [k for k in per_op if k.startswith("while")]:
+        if per_op[name] > 0.5 * (sum(per_op.values()) - per_op[name]):
+            per_op.pop(name)
+    total = sum(per_op.values())
+    return [
+        dict(
+            kind="profile",
+            env=env,
+            op=name,
+            ms_per_step=round(us / 1e3 / (32 * reps), 3),
+            share=round(us / total, 3),
+            contents=ops.get(name, ""),
+        )
+        for name, us in per_op.most_common(top)
+    ]
 
 
 def ppo_interleaved(env: str, txs: dict, seeds: int, updates: int, reps: int) -> list[dict]:
@@ -146,8 +216,15 @@ def main() -> None:
         default=os.environ.get("RAYOPT_OPEN_WEIGHTS", "/work/shared/open/multi_OPEN.npy"),
     )
     ap.add_argument("--skip-ppo", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/open_throughput.json")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile the current OPEN step (XLA's per-op times); pin it to one core",
+    )
+    ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/open_*.json)")
     args = ap.parse_args()
+    name = "open_profile" if args.profile else "open_throughput"
+    args.out = args.out or f"benchmarks/results/{name}.json"
     theta, variant = load_open_params(args.weights)
     impls = {
         "before": frozen_open_transform(theta, variant),
@@ -155,6 +232,13 @@ def main() -> None:
     }
     load0 = os.getloadavg()[0]
     rows: list[dict] = []
+    if args.profile:
+        rows = profile_update(impls["after"], args.env, args.reps)
+        print(f"{'op':<30}{'ms/step':>8}{'share':>7}  contents")
+        for r in rows:
+            print(f"{r['op']:<30}{r['ms_per_step']:>8.3f}{r['share']:>7.1%}  {r['contents']}")
+        impls = {}
+        args.skip_ppo = True
     for name, core in impls.items():
         r = dict(kind="update", impl=name, env=args.env, **update_ms(core, args.env, 3 * args.reps))
         rows.append(r)
