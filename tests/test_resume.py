@@ -8,6 +8,7 @@ task) instead of PPO, so a run and its resumes take seconds.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections import Counter, OrderedDict
 from types import SimpleNamespace
@@ -306,6 +307,57 @@ def test_pool_returns_the_slot_on_any_error_or_cancellation():
         assert (await first).ok and out.ok and out.attempts == 2
         assert ran == ["other", "restarted", "restarted"], ran
         assert _settled(pool)
+
+    asyncio.run(scenario())
+
+
+def test_a_side_call_takes_a_free_slot_ahead_of_queued_evaluations_never_beside_one():
+    """The cascade's random-policy floor runs through the pool: while the only slot's
+    evaluation runs, the call waits (on the same evaluator it would share the cores a
+    deadline times), then goes ahead of the evaluations queued before it; concurrent
+    screens share one call per env."""
+    from rayopt.search.cascade import Cascade
+
+    task = EvalTask("t", resolve("adam"), config_for("CartPole-v1"), (0,))
+    log, release = [], asyncio.Event()
+
+    async def evaluate(task):
+        log.append("evaluate start")
+        await release.wait()
+        log.append("evaluate end")
+        return dict(final_return=np.zeros(1), auc=np.zeros(1))
+
+    async def random_return(env):
+        log.append(f"floor {env}")
+        return 1.5
+
+    actor = _FakeActor(evaluate)
+    actor.random_return = _Method(random_return)
+
+    async def scenario():
+        pool = EvaluatorPool([actor])
+        running = asyncio.create_task(pool.run(task))
+        queued = asyncio.create_task(pool.run(task))
+        await asyncio.sleep(0.01)
+        cascade = Cascade(tiny_discovery(), pool, journal=None)
+        floors = [asyncio.create_task(cascade._random_floor("Breakout-MinAtar")) for _ in (0, 1)]
+        await asyncio.sleep(0.01)
+        assert log == ["evaluate start"] and not any(f.done() for f in floors)
+        release.set()
+        assert [await f for f in floors] == [1.5, 1.5]
+        await running, await queued
+        assert log == [
+            "evaluate start", "evaluate end", "floor Breakout-MinAtar",
+            "evaluate start", "evaluate end",
+        ]  # fmt: skip
+        assert await cascade._random_floor("Breakout-MinAtar") == 1.5  # cached
+        assert log.count("floor Breakout-MinAtar") == 1
+        assert _settled(pool)
+
+        # an evaluator without the method (a simulated one): no floor, the slot is freed
+        bare = EvaluatorPool([_FakeActor(evaluate)])
+        assert math.isnan(await Cascade(tiny_discovery(), bare, None)._random_floor("x"))
+        assert _settled(bare)
 
     asyncio.run(scenario())
 

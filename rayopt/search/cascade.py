@@ -35,6 +35,7 @@ class Cascade:
         self.evaluators = evaluators
         self.journal = journal
         self.random_floor: dict[str, float] = {}
+        self._floor_calls: dict[str, asyncio.Future] = {}
         # initial and reference optimisers: one evaluation shared by every meta-seed
         self._memo: dict[tuple, asyncio.Future[EvalOutcome]] = {}
 
@@ -271,10 +272,16 @@ class Cascade:
         return Verdict("evaluated", c)
 
     async def _random_floor(self, env: str) -> float:
+        """The untrained policy's return on ``env``, measured once (concurrent screens
+        share the one call) on a free slot, ahead of queued evaluations: not beside an
+        evaluation, whose run time a deadline judges."""
         if env not in self.random_floor:
-            actor = self.evaluators.slots[0].actor
+            pending = self._floor_calls.get(env)
+            if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+                call = self.evaluators.call("random_return", env, first=True)
+                self._floor_calls[env] = pending = asyncio.ensure_future(call)
             try:
-                self.random_floor[env] = await actor.random_return.remote(env)
+                self.random_floor[env] = await asyncio.shield(pending)
             except Exception:  # noqa: BLE001 - a simulated evaluator has none; no floor then
                 self.random_floor[env] = math.nan
         return self.random_floor[env]

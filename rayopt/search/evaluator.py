@@ -273,7 +273,7 @@ class _Waiter:
     """A task waiting for a slot; with compile-ahead, pinned to a held slot whose
     evaluator is compiling it meanwhile (``prep``)."""
 
-    task: EvalTask
+    task: EvalTask | None  # None: a call that is not an evaluation (``EvaluatorPool.call``)
     future: asyncio.Future
     pinned: _Slot | None = None
     prep: asyncio.Future | None = None
@@ -356,15 +356,22 @@ class EvaluatorPool:
             s.since = None if s.since is None else self.started
 
     # ------------------------------------------------------------ slots
-    async def _acquire(self, task: EvalTask) -> tuple[_Slot, _Waiter | None]:
-        """A slot for ``task``: a free one at once, else the first one handed to it."""
+    async def _acquire(
+        self, task: EvalTask | None, first: bool = False
+    ) -> tuple[_Slot, _Waiter | None]:
+        """A slot for ``task``: a free one at once, else the first one handed to it
+        (``first``: ahead of the queue). ``task`` is None for a call that is not an
+        evaluation (never compiled ahead)."""
         self._check_loop()
         for s in self.slots:
             if not s.held:
                 s.held = True
                 return s, None
         w = _Waiter(task, asyncio.get_running_loop().create_future())
-        self._waiters.append(w)
+        if first:
+            self._waiters.appendleft(w)
+        else:
+            self._waiters.append(w)
         self._plan_ahead()
         try:
             return await w.future, w
@@ -417,7 +424,7 @@ class EvaluatorPool:
         if not self.compile_ahead:
             return
         for w in self._waiters:
-            if w.pinned is not None or w.future.done():
+            if w.pinned is not None or w.future.done() or w.task is None:
                 continue
             room = [s for s in self.slots if s.held and len(s.ahead) < self.compile_ahead]
             if not room:
@@ -493,6 +500,18 @@ class EvaluatorPool:
             )
         finally:
             self.pending -= 1
+
+    async def call(self, method: str, *args: Any, first: bool = False) -> Any:
+        """``actor.method(*args)`` on the next free slot (``first``: ahead of queued
+        evaluations), held meanwhile like an evaluation: a short side job (the cascade's
+        random-policy floor) then never runs beside an evaluation on the same evaluator,
+        where it would share its cores and inflate the run time a deadline judges. Ray's
+        errors propagate; an evaluator that dies is not retried (the caller decides)."""
+        slot, _ = await self._acquire(None, first)
+        try:
+            return await getattr(slot.actor, method).remote(*args)
+        finally:
+            self._release(slot)
 
     def reference_spec(self) -> OptimiserSpec:
         from rayopt.optim import resolve
