@@ -223,8 +223,8 @@ def main() -> None:
     )
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/open_*.json)")
     args = ap.parse_args()
-    name = "open_profile" if args.profile else "open_throughput"
-    args.out = args.out or f"benchmarks/results/{name}.json"
+    stem = "open_profile" if args.profile else "open_throughput"
+    args.out = args.out or f"benchmarks/results/{stem}.json"
     theta, variant = load_open_params(args.weights)
     impls = {
         "before": frozen_open_transform(theta, variant),
