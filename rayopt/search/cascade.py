@@ -34,8 +34,8 @@ class Cascade:
         self.config = config
         self.evaluators = evaluators
         self.journal = journal
-        self.random_floor: dict[str, float] = {}
-        self._floor_calls: dict[str, asyncio.Future] = {}
+        # the random-policy floor per env: one call, shared by concurrent screens
+        self._floor: dict[str, asyncio.Future[float]] = {}
         # initial and reference optimisers: one evaluation shared by every meta-seed
         self._memo: dict[tuple, asyncio.Future[EvalOutcome]] = {}
 
@@ -275,16 +275,15 @@ class Cascade:
         """The untrained policy's return on ``env``, measured once (concurrent screens
         share the one call) on a free slot, ahead of queued evaluations: not beside an
         evaluation, whose run time a deadline judges."""
-        if env not in self.random_floor:
-            pending = self._floor_calls.get(env)
-            if pending is None or pending.get_loop() is not asyncio.get_running_loop():
-                call = self.evaluators.call("random_return", env, first=True)
-                self._floor_calls[env] = pending = asyncio.ensure_future(call)
-            try:
-                self.random_floor[env] = await asyncio.shield(pending)
-            except Exception:  # noqa: BLE001 - a simulated evaluator has none; no floor then
-                self.random_floor[env] = math.nan
-        return self.random_floor[env]
+        if env not in self._floor:
+            self._floor[env] = asyncio.ensure_future(self._measure_floor(env))
+        return await asyncio.shield(self._floor[env])
+
+    async def _measure_floor(self, env: str) -> float:
+        try:
+            return await self.evaluators.call("random_return", env)
+        except Exception:  # noqa: BLE001 - a simulated evaluator has none; no floor then
+            return math.nan
 
     async def evaluate(
         self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict

@@ -501,13 +501,13 @@ class EvaluatorPool:
         finally:
             self.pending -= 1
 
-    async def call(self, method: str, *args: Any, first: bool = False) -> Any:
-        """``actor.method(*args)`` on the next free slot (``first``: ahead of queued
-        evaluations), held meanwhile like an evaluation: a short side job (the cascade's
-        random-policy floor) then never runs beside an evaluation on the same evaluator,
-        where it would share its cores and inflate the run time a deadline judges. Ray's
-        errors propagate; an evaluator that dies is not retried (the caller decides)."""
-        slot, _ = await self._acquire(None, first)
+    async def call(self, method: str, *args: Any) -> Any:
+        """``actor.method(*args)`` on the next free slot, ahead of queued evaluations, and
+        held meanwhile like an evaluation: a short side job (the cascade's random-policy
+        floor) then never runs beside an evaluation on the same evaluator, where it would
+        share its cores and inflate the run time a deadline judges. Ray's errors
+        propagate; an evaluator that dies is not retried (the caller decides)."""
+        slot, _ = await self._acquire(None, first=True)
         try:
             return await getattr(slot.actor, method).remote(*args)
         finally:
