@@ -210,6 +210,9 @@ def discovery(args, out: dict) -> None:
     from rayopt.search.fleet import init_ray
 
     gpu = jax.default_backend() != "cpu"
+    # Not under --out: the device tool returns at most 8 files from $OUT, and a run
+    # directory holds many (journal parts, state); the figures go into the JSON.
+    tmp = Path(tempfile.mkdtemp(prefix="rayopt-device-check-"))
     overrides = dict(SMOKE_PPO) if args.smoke else {}
     overrides["total_timesteps"] = int(args.discovery_steps)
     base = {
@@ -226,13 +229,12 @@ def discovery(args, out: dict) -> None:
         "islands": {"count": 1 if args.smoke else 2, "interval": 1, "migrants": 1},
         "cascade": {"total_timesteps": max(int(args.discovery_steps) // 4, 256)},
         "confirm": {"enabled": False},
+        # a fresh compilation cache: a first run's compiles, whatever ran here before
         "evaluator": {"count": 1, "num_gpus": 1 if gpu else 0, "num_cpus": 1,
-                      "fast_compile": not gpu},
+                      "fast_compile": not gpu, "compile_cache": str(tmp / "xla")},
     }  # fmt: skip
     cfg = from_dict(DiscoveryConfig, base).validate()
-    # Not under --out: the device tool returns at most 8 files from $OUT, and a run
-    # directory holds many (journal parts, state); the figures go into the JSON.
-    run_dir = Path(tempfile.mkdtemp(prefix="rayopt-device-check-")) / "run"
+    run_dir = tmp / "run"
     init_ray(None)
     d = Discovery.create(cfg, run_dir)
     summary = asyncio.run(d.run())

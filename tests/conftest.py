@@ -116,8 +116,11 @@ def tiny_discovery(**changes):
         },
         "search": {"generations": 1, "refinements": 1, "references": ["adam"]},
         "islands": {"count": 2, "interval": 1, "migrants": 1},
-        # the speed screen (a compile per env per candidate) is on in test_bounded.py
-        "cascade": {"total_timesteps": 128, "speed_updates": 0},
+        # The screen at the full budget: the same executable as the full evaluation
+        # (CartPole, one seed, fast compile), which then loads it from the session's
+        # compilation cache instead of compiling again. The speed screen is on in
+        # test_bounded.py.
+        "cascade": {"total_timesteps": 256, "speed_updates": 0},
         "confirm": {"enabled": False},  # on in test_confirm.py
         "evaluator": {"num_cpus": 1, "fast_compile": True},
     }

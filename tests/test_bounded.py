@@ -184,6 +184,18 @@ def test_llm_discovery_whose_coder_writes_a_slow_program(ray_local, tmp_path):
     # fed back: the coder repaired it, and the repair was evaluated
     assert coder.repairs == 1
     assert "i0-g1-s1r1" in set(df[df.event == "evaluated"].candidate_id)
+    # its speed screen ran the first 2 updates of its full evaluation, with the same
+    # executable (config, seeds), so the same first points of the return curve
+    rows = df[df.candidate_id == "i0-g1-s1r1"].set_index(["stage", "seed"])
+    speed, full = rows.loc["speed"], rows.loc["full"]
+    assert list(speed.index) == list(full.index) == list(range(config.seeds))
+    assert (speed.ppo_config == full.ppo_config).all()
+    ppo = config.ppo_config("CartPole-v1")
+    assert (speed.total_timesteps == 2 * ppo.num_envs * ppo.num_steps).all()
+    for seed in speed.index:
+        curve = np.asarray(full.return_curve[seed])
+        assert len(speed.return_curve[seed]) == 2 and len(curve) == ppo.num_updates
+        np.testing.assert_array_equal(speed.return_curve[seed], curve[:2])
 
 
 @pytest.fixture(scope="module")

@@ -172,3 +172,25 @@ def test_real_ppo_compiles_ahead_beside_a_run_and_gets_the_same_results(ppo_eval
     timings = [(o.task.key, o.compile_s, o.compile_wait_s, o.run_s) for o in [trained, *ahead]]
     assert first.compile_s > 0 and first.compile_wait_s < first.compile_s / 2, timings
     assert all(o.compile_wait_s >= 0.9 * o.compile_s for o in serial)
+
+
+def test_an_evaluator_loads_a_program_compiled_before_from_its_compile_cache(ray_local, tmp_path):
+    """``evaluator.compile_cache``: the evaluator keeps executables in JAX's persistent
+    cache on its node, so the same program compiled again (a full evaluation after its
+    speed screen, or on a later run) is loaded, not compiled."""
+    cache = tmp_path / "xla"
+    env = actor_env(0, 1, str(cache), 1.0)
+    env["JAX_COMPILATION_CACHE_DIR"] = ""  # not the test session's cache: the configured one
+    actor = EvaluatorActor.options(num_cpus=1, runtime_env={"env_vars": env}).remote()
+    try:
+        assert ray.get(actor.info.remote())["compile_cache"] == str(cache)
+        cfg = config_for("CartPole-v1", num_envs=4, num_steps=16, total_timesteps=128)
+        task = EvalTask("t", resolve("sign_update"), cfg, (0,), fast_compile=True, keep=False)
+        first = ray.get(actor.evaluate.remote(task))
+        assert ray.get(actor.info.remote())["cache_hits"] == 0
+        assert len(list(cache.glob("*-cache"))) == 1  # written once compiled
+        again = ray.get(actor.evaluate.remote(task))  # a fresh trainer (keep=False)
+        assert ray.get(actor.info.remote())["cache_hits"] == 1
+        np.testing.assert_array_equal(first["return_curve"], again["return_curve"])
+    finally:
+        ray.kill(actor, no_restart=True)

@@ -67,6 +67,21 @@ def test_vmapped_seeds_equal_seeds_one_by_one(tiny_cartpole):
     assert len({float(x) for x in together.auc}) > 1  # different seeds, different runs
 
 
+def test_first_updates_run_on_the_full_runs_executable(tiny_cartpole):
+    """The speed screen's run: the first updates of a run, on the executable the whole
+    run compiles to (one compile), giving exactly the whole run's first points."""
+    trainer = make_train(tiny_cartpole, build(resolve("adam")))  # 3 updates
+    full = train_seeds(trainer, [0, 1], fast_compile=True)
+    first = train_seeds(trainer, [0, 1], fast_compile=True, num_updates=2)
+    assert first.compile_s == 0.0 and len(trainer.compiled) == 1
+    assert first.metrics.return_curve.shape == (2, 2)
+    np.testing.assert_array_equal(first.metrics.return_curve, full.metrics.return_curve[:, :2])
+    np.testing.assert_array_equal(first.metrics.final_return, full.metrics.return_curve[:, 1])
+    assert not np.array_equal(first.metrics.final_return, full.metrics.final_return)
+    with pytest.raises(ValueError, match=r"within 1\.\.3"):
+        train_seeds(trainer, [0, 1], num_updates=4)
+
+
 @pytest.mark.parametrize("name", ["adam", *SYMBOLIC])
 def test_every_library_optimiser_trains_minatar(name):
     cfg = config_for(

@@ -191,7 +191,7 @@ def test_an_unkept_trainer_leaves_the_cache_alone(monkeypatch):
     monkeypatch.setattr(evaluation, "MAX_TRAINERS", 2)
     monkeypatch.setattr(evaluation, "build", lambda spec, max_norm: spec.name)
     monkeypatch.setattr(evaluation, "make_train", lambda cfg, opt: built.append(opt) or object())
-    monkeypatch.setattr(evaluation, "train_seeds", lambda trainer, seeds, fast_compile: result)
+    monkeypatch.setattr(evaluation, "train_seeds", lambda trainer, seeds, **kw: result)
     cfg = config_for("CartPole-v1")
     adam, sign = resolve("adam"), resolve("sign_update")
     cand = OptimiserSpec(name="i0-g1-s1", kind="symbolic", code=SYMBOLIC["gradient_step"])

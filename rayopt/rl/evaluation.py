@@ -28,11 +28,12 @@ class EnvResult:
     compile_s: float
     run_s: float
     config: PPOConfig
+    num_updates: int  # the updates run: all of the config's, or the first ones
 
     @property
     def env_steps(self) -> int:
         c = self.config
-        return len(self.seeds) * c.num_updates * c.num_envs * c.num_steps
+        return len(self.seeds) * self.num_updates * c.num_envs * c.num_steps
 
 
 #: Trainers (with their compiled executables) by (optimiser, config), least recent first.
@@ -117,6 +118,7 @@ def evaluate(
     seeds: Sequence[int],
     fast_compile: bool = False,
     keep: bool = True,
+    num_updates: int | None = None,
 ) -> EnvResult:
     """Train PPO with ``spec`` on ``config.env`` once per seed.
 
@@ -125,11 +127,13 @@ def evaluate(
     cached trainer if there is one but never adds one: its executable would only hold
     memory, and would evict trainers that are reused. A trainer :func:`prepare` compiled
     for this (``spec``, ``config``) is used (and its compile time reported).
+    ``num_updates``: run only the first updates of ``config`` (the speed screen), with
+    the executable the whole run uses.
     """
     trainer = _trainer(spec, config, keep)
     with _LOCK:
         prepared_s = _PREPARED.pop((spec, config), (None, 0.0))[1]
-    result = train_seeds(trainer, seeds, fast_compile=fast_compile)
+    result = train_seeds(trainer, seeds, fast_compile=fast_compile, num_updates=num_updates)
     m = result.metrics
     return EnvResult(
         optimiser=spec.name,
@@ -142,6 +146,7 @@ def evaluate(
         compile_s=result.compile_s + prepared_s,
         run_s=result.run_s,
         config=config,
+        num_updates=config.num_updates if num_updates is None else int(num_updates),
     )
 
 

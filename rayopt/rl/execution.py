@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 import time
 import weakref
@@ -68,10 +69,11 @@ def default_strategy() -> str:
 
 
 def _per_device_fn(trainer: Trainer, strategy: str):
-    def per_device(keys: jax.Array) -> Metrics:
+    def per_device(keys: jax.Array, num_updates: jax.Array) -> Metrics:
         if strategy == "vmap":
-            return jax.vmap(trainer.run)(init_many(trainer, keys))
-        return jax.lax.map(lambda k: trainer.run(trainer.init(k)), keys)
+            states = init_many(trainer, keys)
+            return jax.vmap(trainer.run, in_axes=(0, None))(states, num_updates)
+        return jax.lax.map(lambda k: trainer.train(k, num_updates), keys)
 
     return per_device
 
@@ -83,19 +85,21 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _compile(trainer: Trainer, n_devices: int, per_device: int, strategy: str, fast_compile: bool):
-    """AOT-compiled training for this layout, and the seconds compiling took."""
+    """AOT-compiled training for this layout, ``(keys, num_updates) -> Metrics``, and the
+    seconds compiling took."""
     mesh = Mesh(np.asarray(jax.local_devices()[:n_devices]), ("seeds",))
     sharded = jax.shard_map(
         _per_device_fn(trainer, strategy),
         mesh=mesh,
-        in_specs=PartitionSpec("seeds"),
+        in_specs=(PartitionSpec("seeds"), PartitionSpec()),
         out_specs=PartitionSpec("seeds"),
         check_vma=False,
     )
     t0 = time.perf_counter()
     example = seed_keys(range(n_devices * per_device))
     options = FAST_COMPILE if fast_compile and jax.default_backend() == "cpu" else None
-    compiled = jax.jit(sharded).lower(example).compile(compiler_options=options)
+    updates = jax.ShapeDtypeStruct((), jnp.int32)
+    compiled = jax.jit(sharded).lower(example, updates).compile(compiler_options=options)
     return compiled, time.perf_counter() - t0
 
 
@@ -134,6 +138,25 @@ def _compile_lock(trainer: Trainer, layout: tuple) -> threading.Lock:
         return _LOCKS.setdefault(trainer, {}).setdefault(layout, threading.Lock())
 
 
+def use_compile_cache(path: str, max_gb: float = 0.0) -> str | None:
+    """Keep this process's compiled executables in JAX's persistent compilation cache at
+    ``path`` (``~`` expanded on this node; least recently used entries evicted past
+    ``max_gb``, 0: unbounded), so a program compiled once on a node loads in about a
+    second instead of compiling again: a candidate's full evaluation after its speed
+    screen, references and initial optimisers across runs, evaluations redone after a
+    crash. JAX keys entries by the program, compile options, backend and versions. A
+    cache the process already has (``JAX_COMPILATION_CACHE_DIR``, or set before) is
+    kept. Call before the first compile. Returns the directory in use (None: off)."""
+    current = jax.config.jax_compilation_cache_dir
+    if current or not path:
+        return current or None
+    directory = os.path.expanduser(path)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if max_gb > 0:
+        jax.config.update("jax_compilation_cache_max_size", int(max_gb * 1e9))
+    return directory
+
+
 def memory_bytes(compiled: jax.stages.Compiled, n_devices: int = 1) -> dict[str, int] | None:
     """XLA's memory analysis of a compiled executable: temp, argument and output buffer
     bytes per device and their total over the ``n_devices`` it runs on (None when the
@@ -153,20 +176,31 @@ def memory_bytes(compiled: jax.stages.Compiled, n_devices: int = 1) -> dict[str,
 
 
 def train_seeds(
-    trainer: Trainer, seeds: Sequence[int], strategy: str = "auto", fast_compile: bool = False
+    trainer: Trainer,
+    seeds: Sequence[int],
+    strategy: str = "auto",
+    fast_compile: bool = False,
+    num_updates: int | None = None,
 ) -> TrainResult:
     """Train ``trainer`` once per seed (``strategy``: auto, vmap or map).
 
     ``fast_compile`` trades run speed for compile speed on CPU (see ``FAST_COMPILE``).
     The compiled executable is kept on the trainer per layout: reuse the trainer object
-    to skip recompiling (``compile_s`` is then 0).
+    to skip recompiling (``compile_s`` is then 0). ``num_updates`` (default: all of the
+    config's) runs only the first updates, with the same executable; the return curve
+    then has that many points.
     """
     seeds = list(seeds)
+    total = trainer.config.num_updates
+    n = total if num_updates is None else int(num_updates)
+    if not 1 <= n <= total:
+        raise ValueError(f"num_updates must be within 1..{total} (the config's), not {n}")
     compiled, compile_s, layout = compile_seeds(trainer, len(seeds), strategy, fast_compile)
     n_devices, per_device = layout[0], layout[1]
     padded = seeds + [seeds[-1]] * (n_devices * per_device - len(seeds))
     t0 = time.perf_counter()
-    out = jax.device_get(compiled(seed_keys(padded)))
+    out = jax.device_get(compiled(seed_keys(padded), np.int32(n)))
     run_s = time.perf_counter() - t0
     metrics = Metrics(*(np.asarray(x)[: len(seeds)] for x in out))
+    metrics = metrics._replace(return_curve=metrics.return_curve[:, :n])
     return TrainResult(metrics, compile_s, run_s)

@@ -2,10 +2,15 @@
 pluggable optimiser that sees OPEN's inputs (dormancy, t_p, b_p, l_p, a key).
 
 ``make_train(config, optimiser)`` returns a :class:`Trainer` whose ``init(key)`` builds
-the agent and whose ``run(state)`` trains it and returns per-update metrics reduced
-inside the jit, so memory stays flat in the total timesteps. ``init`` and ``run`` are
-separate because on CPU the orthogonal initialiser must not run under ``vmap``
+the agent and whose ``run(state, num_updates)`` trains it and returns per-update metrics
+reduced inside the jit, so memory stays flat in the total timesteps. ``init`` and ``run``
+are separate because on CPU the orthogonal initialiser must not run under ``vmap``
 (jaxlib 0.10 deadlock; see ``rayopt.rl.execution``).
+
+``num_updates`` is an argument of the compiled function, not part of it: the first
+``num_updates`` updates of the configured run (its schedules, ``t_p`` included, stay
+those of ``config.num_updates``). One executable thus serves the discovery cascade's
+speed screen (a few updates, timed) and the full evaluation of the same candidate.
 """
 
 from __future__ import annotations
@@ -96,8 +101,9 @@ class Metrics(NamedTuple):
 
     return_curve: per update, the mean over the rollout's steps and envs of each env's
       most recent completed-episode return (PureJaxRL/OPEN's ``returned_episode_returns``);
-      NaN until the first episode ends.
-    final_return: the curve's last point.
+      NaN until the first episode ends, and for updates not run (``num_updates`` below
+      the config's).
+    final_return: the curve's point at the last update run.
     auc: area under the return curve normalised by its length: the mean of the curve
       over the updates where it is defined.
     finite: whether every parameter is finite at the end.
@@ -132,7 +138,8 @@ class Transition(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Trainer:
-    """``init(key) -> RunnerState`` and ``run(RunnerState) -> Metrics`` for one seed.
+    """``init(key) -> RunnerState`` and ``run(RunnerState, num_updates) -> Metrics`` for
+    one seed (``num_updates``: how many of ``config.num_updates`` to run; may be traced).
 
     ``compiled`` holds this trainer's executables by layout (see rayopt.rl.execution):
     they live and die with the trainer.
@@ -143,8 +150,9 @@ class Trainer:
     run: Any
     compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
-    def train(self, key: jax.Array) -> Metrics:
-        return self.run(self.init(key))
+    def train(self, key: jax.Array, num_updates: int | jax.Array | None = None) -> Metrics:
+        n = self.config.num_updates if num_updates is None else num_updates
+        return self.run(self.init(key), n)
 
 
 def kernel_shapes(config: PPOConfig) -> list[tuple[int, int]]:
@@ -207,7 +215,7 @@ def make_train(config: PPOConfig, optimiser: optax.GradientTransformationExtraAr
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
-    def run(state: RunnerState) -> Metrics:
+    def run(state: RunnerState, num_updates: int | jax.Array) -> Metrics:
         static = {
             "l_p": {k: layer_proportions(state.params[k]) for k in ("actor", "critic")},
             "actor_mask": {
@@ -325,7 +333,15 @@ def make_train(config: PPOConfig, optimiser: optax.GradientTransformationExtraAr
             )
             return RunnerState(params, opt_state, env_state, obs, key), mean_return
 
-        final, curve = jax.lax.scan(update_step, state, jnp.arange(cfg.num_updates))
+        def one_update(i: jax.Array, carry: tuple[RunnerState, jax.Array]):
+            state, curve = carry
+            state, mean_return = update_step(state, i)
+            return state, curve.at[i].set(mean_return)
+
+        # the updates not run stay NaN: "undefined", as before a first episode ends
+        stop = jnp.clip(jnp.asarray(num_updates, jnp.int32), 1, cfg.num_updates)
+        curve = jnp.full((cfg.num_updates,), jnp.nan, jnp.float32)
+        final, curve = jax.lax.fori_loop(0, stop, one_update, (state, curve))
         finite = jnp.all(
             jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(final.params)])
         )
@@ -335,6 +351,6 @@ def make_train(config: PPOConfig, optimiser: optax.GradientTransformationExtraAr
             jnp.where(defined, curve, 0.0).sum() / jnp.maximum(defined.sum(), 1),
             jnp.nan,
         )
-        return Metrics(curve, curve[-1], auc, finite)
+        return Metrics(curve, curve[stop - 1], auc, finite)
 
     return Trainer(config=cfg, init=init, run=run)

@@ -14,6 +14,7 @@ lineage, which shows failures to the next mutation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import Any
 
@@ -159,26 +160,21 @@ class Cascade:
     async def speed_screen(
         self, c: Candidate, spec: OptimiserSpec, where: dict
     ) -> tuple[list[dict], str, str]:
-        """``cascade.speed_updates`` PPO updates of ``c`` on every env's real network
-        (one seed, after compile), timed against the reference's (Adam) on the same
-        evaluator: (rows, why it is too slow, kind) or (rows, "", ""). Only on a bounded
-        pool (it holds the reference's times)."""
+        """The first ``cascade.speed_updates`` PPO updates of ``c``'s full evaluation on
+        every env (its executable, its seeds), timed after compile against the
+        reference's (Adam) on the same evaluator: (rows, why it is too slow, kind) or
+        (rows, "", ""). Only on a bounded pool (it holds the reference's times). The
+        full evaluation then loads that executable from the compilation cache instead
+        of compiling again."""
         cfg = self.config
         bounds = getattr(self.evaluators, "bounds", None)
         if not cfg.cascade.speed_updates or bounds is None or not bounds.max_slowdown:
             return [], "", ""
 
         def task(env: str) -> EvalTask:
-            full = cfg.ppo_config(env)
-            steps = cfg.cascade.speed_updates * full.num_envs * full.num_steps
-            return EvalTask(
-                f"{c.id}/speed/{env}",
-                spec,
-                full.replace(total_timesteps=steps),
-                (0,),
-                fast_compile=True,
-                keep=False,
-            )
+            full = self.full_task(c, spec, env)
+            n = min(cfg.cascade.speed_updates, full.config.num_updates)
+            return dataclasses.replace(full, key=f"{c.id}/speed/{env}", num_updates=n)
 
         outs = await asyncio.gather(*(self.evaluators.run(task(env)) for env in cfg.envs))
         rows: list[dict] = []
@@ -199,7 +195,7 @@ class Cascade:
             env = o.task.config.env
             if slow:
                 why, kind = (
-                    f"too slow at real shapes: {cfg.cascade.speed_updates} PPO updates on "
+                    f"too slow at real shapes: {o.task.num_updates} PPO updates on "
                     f"{env} took {o.run_s:.2f} s, {o.slowdown:.0f}x the "
                     f"{o.reference_s:.3f} s of {bounds.reference} on this evaluator (limit: "
                     f"evaluator.max_slowdown = {bounds.max_slowdown:g} x + "
@@ -285,11 +281,10 @@ class Cascade:
         except Exception:  # noqa: BLE001 - a simulated evaluator has none; no floor then
             return math.nan
 
-    async def evaluate(
-        self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict
-    ) -> EvalOutcome:
+    def full_task(self, c: Candidate, spec: OptimiserSpec, env: str) -> EvalTask:
+        """``c``'s full evaluation on ``env``: every seed, the run's PPO config."""
         cfg = self.config
-        task = EvalTask(
+        return EvalTask(
             f"{c.id}/full/{env}",
             spec,
             cfg.ppo_config(env),
@@ -297,6 +292,11 @@ class Cascade:
             fast_compile=cfg.evaluator.fast_compile,
             keep=not is_mutated(c),  # they recur (meta-seeds); not the rest
         )
+
+    async def evaluate(
+        self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict
+    ) -> EvalOutcome:
+        task = self.full_task(c, spec, env)
         if is_mutated(c):
             out = await self.evaluators.run(task)
         else:  # the same program, config and seeds in every meta-seed: train it once

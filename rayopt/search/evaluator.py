@@ -10,10 +10,11 @@ With :class:`Bounds` (discovery and sweeps build their pools with them) every
 evaluation is bounded: it is compiled first (``prepare``: at most ``compile_timeout_s``)
 and its compiled memory checked against the device's budget (``memory``), then run
 against a deadline of ``max_slowdown`` x the run time of the reference optimiser (Adam)
-for the same (PPO config, seeds layout, compile mode) on the same evaluator, measured
-once and cached, plus ``floor_s``. Past the deadline the pool kills the evaluator
-process (``ray.kill``, restartable: Ray starts a fresh one, and the restart spends no
-attempt) and reports ``timeout`` with the measured slowdown; neither is retried.
+for the same (PPO config, seeds layout, compile mode, updates run) on the same
+evaluator, measured once and cached, plus ``floor_s``. Past the deadline the pool kills
+the evaluator process (``ray.kill``, restartable: Ray starts a fresh one, and the
+restart spends no attempt) and reports ``timeout`` with the measured slowdown; neither
+is retried.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ class EvalTask:
     # config): library optimisers, references and sweep chunks recur; a discovery
     # candidate is evaluated once per config (False: its executable is freed at once).
     keep: bool = True
+    # Run only the first updates of ``config`` (None: all), with the executable the whole
+    # run compiles to: the cascade's speed screen times a candidate with the very
+    # executable its full evaluation then loads from the compilation cache.
+    num_updates: int | None = None
+
+    @property
+    def total_timesteps(self) -> int:
+        """The config's total timesteps, or the steps of the updates this task runs."""
+        c = self.config
+        if self.num_updates is None:
+            return c.total_timesteps
+        return self.num_updates * c.num_envs * c.num_steps
 
 
 @dataclasses.dataclass
@@ -144,17 +157,24 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def actor_env(num_gpus: float, num_cpus: float) -> dict[str, str]:
+def actor_env(
+    num_gpus: float, num_cpus: float, compile_cache: str = "", compile_cache_gb: float = 0.0
+) -> dict[str, str]:
     """Environment for an evaluator process, set before it imports JAX.
 
     A fractional GPU gets a matching JAX memory fraction (with 10 % headroom); a CPU
-    evaluator gets one XLA host device per CPU it was given.
+    evaluator gets one XLA host device per CPU it was given. ``compile_cache``: JAX's
+    persistent compilation cache directory on the evaluator's node (``evaluator.
+    compile_cache``; see ``rayopt.rl.execution.use_compile_cache``), "" for none.
     """
     env: dict[str, str] = {}
     if 0 < num_gpus < 1:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * num_gpus:.3f}"
     if num_gpus == 0 and num_cpus >= 1:
         env["RAYOPT_HOST_DEVICES"] = str(int(num_cpus))
+    if compile_cache:
+        env["RAYOPT_COMPILE_CACHE"] = compile_cache
+        env["RAYOPT_COMPILE_CACHE_GB"] = f"{compile_cache_gb:g}"
     return env
 
 
@@ -170,10 +190,22 @@ class EvaluatorActor:
         import jax
 
         import rayopt  # noqa: F401  (host-device flags before JAX's backend starts)
+        from rayopt.rl.execution import use_compile_cache
 
         self._jax = jax
         self.id = ray.get_runtime_context().get_actor_id()
         self.node = ray.get_runtime_context().get_node_id()
+        self.compile_cache = use_compile_cache(
+            os.environ.get("RAYOPT_COMPILE_CACHE", ""),
+            float(os.environ.get("RAYOPT_COMPILE_CACHE_GB") or 0.0),
+        )
+        self.cache_hits = 0  # executables loaded from the compilation cache, not compiled
+
+        def count_hit(event: str, **_: Any) -> None:
+            if event == "/jax/compilation_cache/cache_hits":
+                self.cache_hits += 1
+
+        jax.monitoring.register_event_listener(count_hit)
 
     def info(self) -> dict[str, Any]:
         jax = self._jax
@@ -184,6 +216,8 @@ class EvaluatorActor:
             backend=jax.default_backend(),
             devices=[str(d) for d in jax.local_devices()],
             gpu_ids=ray.get_runtime_context().get_accelerator_ids().get("GPU", []),
+            compile_cache=self.compile_cache,
+            cache_hits=self.cache_hits,
             env={
                 k: os.environ.get(k)
                 for k in (
@@ -231,7 +265,12 @@ class EvaluatorActor:
         from rayopt.rl.evaluation import evaluate
 
         r = evaluate(
-            task.spec, task.config, task.seeds, fast_compile=task.fast_compile, keep=task.keep
+            task.spec,
+            task.config,
+            task.seeds,
+            fast_compile=task.fast_compile,
+            keep=task.keep,
+            num_updates=task.num_updates,
         )
         return dict(
             final_return=r.final_return,
@@ -306,7 +345,8 @@ class EvaluatorPool:
         self.bounds = bounds
         self.compile_ahead = compile_ahead if bounds is not None else 0
         self.slots = [_Slot(a, i) for a in actors for i in range(slots_per_actor)]
-        # the reference's (compile_s, run_s) per (actor, PPO config, seeds, compile mode)
+        # the reference's (compile_s, run_s) per (actor, PPO config, seeds, compile mode,
+        # updates run)
         self.references: dict[tuple, tuple[float, float]] = {}
         self.killed = 0  # evaluators killed at a deadline
         self.restart_s: list[float] = []  # kill -> the restarted evaluator answers
@@ -523,7 +563,7 @@ class EvaluatorPool:
         """The reference's (compile_s, run_s) for ``task``'s config and layout on this
         slot's evaluator: measured once (an unbounded evaluation of Adam, kept compiled),
         then cached."""
-        key = (id(slot.actor), task.config, len(task.seeds), task.fast_compile)
+        key = _reference_key(slot, task)
         if key not in self.references:
             ref = EvalTask(
                 f"reference/{self.bounds.reference}/{task.config.env}",
@@ -532,6 +572,7 @@ class EvaluatorPool:
                 tuple(task.seeds),
                 fast_compile=task.fast_compile,
                 keep=True,
+                num_updates=task.num_updates,
             )
             out = await slot.actor.evaluate.remote(ref)
             self.references[key] = (float(out["compile_s"]), max(float(out["run_s"]), 1e-6))
@@ -547,7 +588,7 @@ class EvaluatorPool:
         held waiting for the compile, past the reference's measurement."""
         b = self.bounds
         assert b is not None
-        key = (id(slot.actor), task.config, len(task.seeds), task.fast_compile)
+        key = _reference_key(slot, task)
         is_reference = task.spec == self.reference_spec()
         if is_reference and key not in self.references and b.max_slowdown:
             out = await slot.actor.evaluate.remote(task)  # the measurement is the run
@@ -649,6 +690,12 @@ class _Stopped:
 _TIMEOUT: dict[str, Any] = {"timeout": True}
 
 
+def _reference_key(slot: _Slot, task: EvalTask) -> tuple:
+    """What a reference run time is measured for: the evaluator, the PPO config, the
+    seeds layout, the compile mode and the updates run."""
+    return (id(slot.actor), task.config, len(task.seeds), task.fast_compile, task.num_updates)
+
+
 def _compile_wait(out: Any) -> float:
     """The compile wait a bounded attempt reported (0 for an unbounded one)."""
     wait = out.compile_wait_s if isinstance(out, _Stopped) else out.get("compile_wait_s")
@@ -715,7 +762,7 @@ def outcome_rows(out: EvalOutcome, where: dict[str, Any], stage: str) -> list[di
         where,
         env=t.config.env,
         stage=stage,
-        total_timesteps=t.config.total_timesteps,
+        total_timesteps=t.total_timesteps,
         hidden_size=t.config.hidden_size,
         activation=t.config.activation,
         ppo_config=json.dumps(dataclasses.asdict(t.config)),

@@ -164,6 +164,7 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
     ev = cfg.evaluator
     gpus, cpus, custom = evaluator_demand(cfg)
     count = evaluator_count(cfg)
+    cache = (ev.compile_cache, ev.compile_cache_gb)
     out = Evaluators()
     if not gpus and not custom and ev.count == 0:  # CPU-only default: one per node
         for n in (n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0):
@@ -171,7 +172,9 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
             where = NodeAffinitySchedulingStrategy(n["NodeID"], soft=True)
             out.append(
                 EvaluatorActor.options(
-                    num_cpus=c, runtime_env={"env_vars": actor_env(0, c)}, scheduling_strategy=where
+                    num_cpus=c,
+                    runtime_env={"env_vars": actor_env(0, c, *cache)},
+                    scheduling_strategy=where,
                 ).remote()
             )
         return out
@@ -208,7 +211,7 @@ def start_evaluators(cfg: DiscoveryConfig) -> Evaluators:
                 num_gpus=gpus,
                 resources=custom,
                 scheduling_strategy=strategy,
-                runtime_env={"env_vars": actor_env(gpus, 0 if gpus else cpus)},
+                runtime_env={"env_vars": actor_env(gpus, 0 if gpus else cpus, *cache)},
             ).remote()
         )
     return out
