@@ -184,10 +184,11 @@ class EvaluatorSection:
     compile_ahead: int | None = None
     # JAX's persistent compilation cache, a directory on each evaluator's node ("~" is
     # that node's home; "" turns it off), least recently used entries evicted past
-    # compile_cache_gb. A program compiled once loads in ~1 s instead of compiling again
-    # (measured, 2-core CPU: ~5-8 s): a candidate's full evaluation reuses its speed
-    # screen's executable, and references, initial optimisers and work redone after a
-    # crash reuse earlier runs'. A JAX_COMPILATION_CACHE_DIR in the environment wins.
+    # compile_cache_gb. A program compiled once on a node loads there in ~1 s instead of
+    # compiling again (measured, 2-core CPU: ~5-8 s): a candidate's full evaluation on
+    # its speed screen's node reuses the screen's executable, and references, initial
+    # optimisers and work redone after a crash reuse earlier runs'. A
+    # JAX_COMPILATION_CACHE_DIR in the environment wins.
     compile_cache: str = "~/.cache/rayopt/xla"
     compile_cache_gb: float = 10.0
 

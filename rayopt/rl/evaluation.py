@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -59,17 +59,23 @@ def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
     return trainer
 
 
-#: Trainers :func:`prepare` compiled for an :func:`evaluate` of the same (optimiser,
-#: config), with their compile seconds, oldest first: the evaluation about to run and,
-#: when its evaluator compiles ahead, the next ones. At most ``MAX_PREPARED``: a
-#: forgotten one (its evaluation went elsewhere) cannot pile up executables.
-_PREPARED: OrderedDict[tuple[OptimiserSpec, PPOConfig], tuple[Trainer, float]] = OrderedDict()
+#: Trainers :func:`prepare` compiled for an :func:`evaluate`, with their compile seconds,
+#: oldest first: the evaluation about to run and, when its evaluator compiles ahead, the
+#: next ones. Keyed by the evaluation's ``key`` (an evaluator passes its task's), else by
+#: (optimiser, config): a candidate's speed screen and full evaluation share both, and
+#: forgetting one must not drop the other. At most ``MAX_PREPARED``: a forgotten one (its
+#: evaluation went elsewhere) cannot pile up executables.
+_PREPARED: OrderedDict[Hashable, tuple[Trainer, float]] = OrderedDict()
 MAX_PREPARED = 4
 
 
-def _trainer(spec: OptimiserSpec, config: PPOConfig, keep: bool) -> Trainer:
+def _token(spec: OptimiserSpec, config: PPOConfig, key: Hashable | None) -> Hashable:
+    return (spec, config) if key is None else key
+
+
+def _trainer(spec: OptimiserSpec, config: PPOConfig, keep: bool, token: Hashable) -> Trainer:
     with _LOCK:
-        prepared = _PREPARED.get((spec, config))
+        prepared = _PREPARED.get(token)
         cached = _TRAINERS.get((spec, config))
     if prepared is not None:
         return prepared[0]
@@ -84,32 +90,38 @@ def prepare(
     seeds: Sequence[int],
     fast_compile: bool = False,
     keep: bool = True,
+    key: Hashable | None = None,
 ) -> tuple[float, dict[str, int] | None]:
     """Compile the evaluation :func:`evaluate` is about to run, without running it:
     (seconds compiling, XLA's memory analysis of the executable: temp, argument, output
     and total bytes over the devices it uses; None where the backend has none). The
-    compiled trainer is kept for that :func:`evaluate` (:func:`release` drops it). Safe
-    to call on one thread while another thread runs an :func:`evaluate`."""
+    compiled trainer is kept for that :func:`evaluate` (the same ``key``; :func:`release`
+    drops it). Safe to call on one thread while another thread runs an :func:`evaluate`."""
     from rayopt.rl.execution import compile_seeds, memory_bytes
 
-    trainer = _trainer(spec, config, keep)
+    token = _token(spec, config, key)
+    trainer = _trainer(spec, config, keep, token)
     compiled, compile_s, layout = compile_seeds(trainer, len(seeds), fast_compile=fast_compile)
     with _LOCK:
-        _PREPARED[(spec, config)] = (trainer, compile_s)
-        _PREPARED.move_to_end((spec, config))
+        _PREPARED[token] = (trainer, compile_s)
+        _PREPARED.move_to_end(token)
         while len(_PREPARED) > MAX_PREPARED:
             _PREPARED.popitem(last=False)
     return compile_s, memory_bytes(compiled, layout[0])
 
 
-def release(spec: OptimiserSpec | None = None, config: PPOConfig | None = None) -> None:
-    """Forget what :func:`prepare` compiled for (``spec``, ``config``), an evaluation
-    that will not run here; with no arguments, everything it compiled."""
+def release(
+    spec: OptimiserSpec | None = None,
+    config: PPOConfig | None = None,
+    key: Hashable | None = None,
+) -> None:
+    """Forget what :func:`prepare` compiled for an evaluation that will not run here
+    (``key``, else (``spec``, ``config``)); with no arguments, everything it compiled."""
     with _LOCK:
-        if spec is None:
+        if spec is None and key is None:
             _PREPARED.clear()
         else:
-            _PREPARED.pop((spec, config), None)
+            _PREPARED.pop(_token(spec, config, key), None)
 
 
 def evaluate(
@@ -119,6 +131,7 @@ def evaluate(
     fast_compile: bool = False,
     keep: bool = True,
     num_updates: int | None = None,
+    key: Hashable | None = None,
 ) -> EnvResult:
     """Train PPO with ``spec`` on ``config.env`` once per seed.
 
@@ -126,13 +139,14 @@ def evaluate(
     ``config``). ``keep=False`` (a discovery candidate, evaluated once per config) uses a
     cached trainer if there is one but never adds one: its executable would only hold
     memory, and would evict trainers that are reused. A trainer :func:`prepare` compiled
-    for this (``spec``, ``config``) is used (and its compile time reported).
-    ``num_updates``: run only the first updates of ``config`` (the speed screen), with
-    the executable the whole run uses.
+    for this evaluation (``key``, else (``spec``, ``config``)) is used (and its compile
+    time reported). ``num_updates``: run only the first updates of ``config`` (the speed
+    screen), with the executable the whole run uses.
     """
-    trainer = _trainer(spec, config, keep)
+    token = _token(spec, config, key)
+    trainer = _trainer(spec, config, keep, token)
     with _LOCK:
-        prepared_s = _PREPARED.pop((spec, config), (None, 0.0))[1]
+        prepared_s = _PREPARED.pop(token, (None, 0.0))[1]
     result = train_seeds(trainer, seeds, fast_compile=fast_compile, num_updates=num_updates)
     m = result.metrics
     return EnvResult(

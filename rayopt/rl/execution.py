@@ -146,14 +146,17 @@ def use_compile_cache(path: str, max_gb: float = 0.0) -> str | None:
     screen, references and initial optimisers across runs, evaluations redone after a
     crash. JAX keys entries by the program, compile options, backend and versions. A
     cache the process already has (``JAX_COMPILATION_CACHE_DIR``, or set before) is
-    kept. Call before the first compile. Returns the directory in use (None: off)."""
+    kept. Compiles over 0.1 s are kept (JAX's default, 1 s, would skip a tiny PPO on a
+    fast host; eager ops take milliseconds). Call before the first compile. Returns the
+    directory in use (None: off)."""
     current = jax.config.jax_compilation_cache_dir
     if current or not path:
         return current or None
     directory = os.path.expanduser(path)
     jax.config.update("jax_compilation_cache_dir", directory)
-    if max_gb > 0:
-        jax.config.update("jax_compilation_cache_max_size", int(max_gb * 1e9))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    if max_gb > 0:  # JAX reads a size of 0 as "no cache"
+        jax.config.update("jax_compilation_cache_max_size", max(1, int(max_gb * 1e9)))
     return directory
 
 

@@ -139,7 +139,8 @@ class Transition(NamedTuple):
 @dataclasses.dataclass(frozen=True, eq=False)
 class Trainer:
     """``init(key) -> RunnerState`` and ``run(RunnerState, num_updates) -> Metrics`` for
-    one seed (``num_updates``: how many of ``config.num_updates`` to run; may be traced).
+    one seed (``num_updates``: how many of ``config.num_updates`` to run, clipped to
+    1..``config.num_updates``; may be traced).
 
     ``compiled`` holds this trainer's executables by layout (see rayopt.rl.execution):
     they live and die with the trainer.

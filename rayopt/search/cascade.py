@@ -163,9 +163,9 @@ class Cascade:
         """The first ``cascade.speed_updates`` PPO updates of ``c``'s full evaluation on
         every env (its executable, its seeds), timed after compile against the
         reference's (Adam) on the same evaluator: (rows, why it is too slow, kind) or
-        (rows, "", ""). Only on a bounded pool (it holds the reference's times). The
-        full evaluation then loads that executable from the compilation cache instead
-        of compiling again."""
+        (rows, "", ""). Only on a bounded pool (it holds the reference's times). A full
+        evaluation on the same node then loads that executable from the node's
+        compilation cache instead of compiling again."""
         cfg = self.config
         bounds = getattr(self.evaluators, "bounds", None)
         if not cfg.cascade.speed_updates or bounds is None or not bounds.max_slowdown:

@@ -69,7 +69,7 @@ class SleepEvaluator:
         seconds = self.run_s.get(task.key, self.seconds)
         await asyncio.sleep(seconds * (1 + self.jitter * (2 * self.rng.random() - 1)))
         self._note("evaluate_end", task)
-        n, updates = len(task.seeds), task.config.num_updates
+        n, updates = len(task.seeds), task.num_updates or task.config.num_updates
         final = self.rng.normal(size=n)
         return dict(
             final_return=final,
