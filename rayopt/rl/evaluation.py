@@ -61,21 +61,17 @@ def trainer_for(spec: OptimiserSpec, config: PPOConfig) -> Trainer:
 
 #: Trainers :func:`prepare` compiled for an :func:`evaluate`, with their compile seconds,
 #: oldest first: the evaluation about to run and, when its evaluator compiles ahead, the
-#: next ones. Keyed by the evaluation's ``key`` (an evaluator passes its task's), else by
-#: (optimiser, config): a candidate's speed screen and full evaluation share both, and
-#: forgetting one must not drop the other. At most ``MAX_PREPARED``: a forgotten one (its
-#: evaluation went elsewhere) cannot pile up executables.
+#: next ones. Keyed by the evaluation's key (an evaluator's task key), not by (optimiser,
+#: config): a candidate's speed screen and full evaluation share those, and forgetting
+#: one must not drop the other. At most ``MAX_PREPARED``: a forgotten one (its evaluation
+#: went elsewhere) cannot pile up executables.
 _PREPARED: OrderedDict[Hashable, tuple[Trainer, float]] = OrderedDict()
 MAX_PREPARED = 4
 
 
-def _token(spec: OptimiserSpec, config: PPOConfig, key: Hashable | None) -> Hashable:
-    return (spec, config) if key is None else key
-
-
-def _trainer(spec: OptimiserSpec, config: PPOConfig, keep: bool, token: Hashable) -> Trainer:
+def _trainer(spec: OptimiserSpec, config: PPOConfig, keep: bool, key: Hashable) -> Trainer:
     with _LOCK:
-        prepared = _PREPARED.get(token)
+        prepared = _PREPARED.get(key)
         cached = _TRAINERS.get((spec, config))
     if prepared is not None:
         return prepared[0]
@@ -85,43 +81,35 @@ def _trainer(spec: OptimiserSpec, config: PPOConfig, keep: bool, token: Hashable
 
 
 def prepare(
+    key: Hashable,
     spec: OptimiserSpec,
     config: PPOConfig,
     seeds: Sequence[int],
     fast_compile: bool = False,
     keep: bool = True,
-    key: Hashable | None = None,
 ) -> tuple[float, dict[str, int] | None]:
-    """Compile the evaluation :func:`evaluate` is about to run, without running it:
-    (seconds compiling, XLA's memory analysis of the executable: temp, argument, output
-    and total bytes over the devices it uses; None where the backend has none). The
-    compiled trainer is kept for that :func:`evaluate` (the same ``key``; :func:`release`
-    drops it). Safe to call on one thread while another thread runs an :func:`evaluate`."""
+    """Compile the evaluation :func:`evaluate` is about to run under ``key``, without
+    running it: (seconds compiling, XLA's memory analysis of the executable: temp,
+    argument, output and total bytes over the devices it uses; None where the backend has
+    none). The compiled trainer is kept for that :func:`evaluate` (:func:`release` drops
+    it). Safe to call on one thread while another thread runs an :func:`evaluate`."""
     from rayopt.rl.execution import compile_seeds, memory_bytes
 
-    token = _token(spec, config, key)
-    trainer = _trainer(spec, config, keep, token)
+    trainer = _trainer(spec, config, keep, key)
     compiled, compile_s, layout = compile_seeds(trainer, len(seeds), fast_compile=fast_compile)
     with _LOCK:
-        _PREPARED[token] = (trainer, compile_s)
-        _PREPARED.move_to_end(token)
+        _PREPARED[key] = (trainer, compile_s)
+        _PREPARED.move_to_end(key)
         while len(_PREPARED) > MAX_PREPARED:
             _PREPARED.popitem(last=False)
     return compile_s, memory_bytes(compiled, layout[0])
 
 
-def release(
-    spec: OptimiserSpec | None = None,
-    config: PPOConfig | None = None,
-    key: Hashable | None = None,
-) -> None:
-    """Forget what :func:`prepare` compiled for an evaluation that will not run here
-    (``key``, else (``spec``, ``config``)); with no arguments, everything it compiled."""
+def release(key: Hashable) -> None:
+    """Forget what :func:`prepare` compiled under ``key``, an evaluation that will not
+    run here."""
     with _LOCK:
-        if spec is None and key is None:
-            _PREPARED.clear()
-        else:
-            _PREPARED.pop(_token(spec, config, key), None)
+        _PREPARED.pop(key, None)
 
 
 def evaluate(
@@ -139,14 +127,13 @@ def evaluate(
     ``config``). ``keep=False`` (a discovery candidate, evaluated once per config) uses a
     cached trainer if there is one but never adds one: its executable would only hold
     memory, and would evict trainers that are reused. A trainer :func:`prepare` compiled
-    for this evaluation (``key``, else (``spec``, ``config``)) is used (and its compile
-    time reported). ``num_updates``: run only the first updates of ``config`` (the speed
-    screen), with the executable the whole run uses.
+    under this evaluation's ``key`` is used (and its compile time reported).
+    ``num_updates``: run only the first updates of ``config`` (the speed screen), with
+    the executable the whole run uses.
     """
-    token = _token(spec, config, key)
-    trainer = _trainer(spec, config, keep, token)
+    trainer = _trainer(spec, config, keep, key)
     with _LOCK:
-        prepared_s = _PREPARED.pop(token, (None, 0.0))[1]
+        prepared_s = _PREPARED.pop(key, (None, 0.0))[1]
     result = train_seeds(trainer, seeds, fast_compile=fast_compile, num_updates=num_updates)
     m = result.metrics
     return EnvResult(

@@ -178,12 +178,6 @@ def actor_env(
     return env
 
 
-def _how(task: EvalTask) -> dict[str, Any]:
-    """How ``task`` is compiled and kept (``prepare`` and ``evaluate`` alike): its
-    prepared executable is found by the task's key."""
-    return dict(fast_compile=task.fast_compile, keep=task.keep, key=task.key)
-
-
 @ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)
 class EvaluatorActor:
     """Runs PPO evaluations on the accelerator Ray pinned it to (or on CPU).
@@ -241,7 +235,9 @@ class EvaluatorActor:
         ``error`` (and the compiled executable is dropped)."""
         from rayopt.rl.evaluation import prepare
 
-        compile_s, memory = prepare(task.spec, task.config, task.seeds, **_how(task))
+        compile_s, memory = prepare(
+            task.key, task.spec, task.config, task.seeds, task.fast_compile, task.keep
+        )
         budget, source = memory_budget(budget_mb)
         out: dict[str, Any] = dict(compile_s=compile_s, memory=memory, budget=budget)
         if memory is not None and memory["total"] > budget:
@@ -258,7 +254,7 @@ class EvaluatorActor:
         """Drop what ``prepare`` compiled for ``task`` (it will not run here, or not fit)."""
         from rayopt.rl.evaluation import release
 
-        release(key=task.key)
+        release(task.key)
         if not task.keep:  # nothing else holds it: free the executable now
             import gc
 
@@ -268,7 +264,15 @@ class EvaluatorActor:
         # Symbolic code is validated again by build(): the evaluator trusts no caller.
         from rayopt.rl.evaluation import evaluate
 
-        r = evaluate(task.spec, task.config, task.seeds, num_updates=task.num_updates, **_how(task))
+        r = evaluate(
+            task.spec,
+            task.config,
+            task.seeds,
+            fast_compile=task.fast_compile,
+            keep=task.keep,
+            num_updates=task.num_updates,
+            key=task.key,
+        )
         return dict(
             final_return=r.final_return,
             auc=r.auc,
