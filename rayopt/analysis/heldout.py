@@ -255,10 +255,15 @@ def display(h: HeldOut) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
+def seed_range(h: HeldOut) -> str:
+    """``seeds 100-103``, or ``seed 100`` for one."""
+    return f"seed {h.seeds[0]}" if len(h.seeds) == 1 else f"seeds {h.seeds[0]}-{h.seeds[-1]}"
+
+
 def text(h: HeldOut) -> str:
     n = len(h.seeds)
     head = (
-        f"held-out confirmation: seeds {h.seeds[0]}-{h.seeds[-1]} ({n} per env), "
+        f"held-out confirmation: {seed_range(h)} ({n} per env), "
         "IQM [95% bootstrap CI]; in search: mean over the search's seeds"
     )
     legend = "".join(f"{x}\n" for x in stats.small_n_legend(h.table["n"]))

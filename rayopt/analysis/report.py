@@ -547,7 +547,7 @@ def _heldout_html(scanned: Sequence[Scan], opts: AnalysisOptions) -> str:
         parts.append(
             f"<h2 id='heldout-{html.escape(h.name)}'>Held-out confirmation: "
             f"{html.escape(str(sc.path))}</h2>"
-            f"<p>Trained again at the full budget on seeds {h.seeds[0]}-{h.seeds[-1]} ({n} per "
+            f"<p>Trained again at the full budget on {heldout.seed_range(h)} ({n} per "
             "env), which the search never used. Per env: held-out IQM [95% stratified "
             "bootstrap CI] and, beside it, the in-search score (mean over the search's "
             "seeds) that selected it: the gap is the winner's curse. <i>Best</i> discovered: "
