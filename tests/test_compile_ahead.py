@@ -16,11 +16,15 @@ import time
 import numpy as np
 import pytest
 import ray
+from conftest import tiny_discovery
 
 from rayopt.optim import resolve
+from rayopt.results.journal import read
 from rayopt.rl.ppo import config_for
+from rayopt.search.driver import Discovery
 from rayopt.search.evaluator import Bounds, EvalTask, EvaluatorActor, EvaluatorPool, actor_env
-from rayopt.search.simulate import SleepEvaluator
+from rayopt.search.mutators.actor import MutatorPool
+from rayopt.search.simulate import SleepEvaluator, SleepMutator
 
 NO_DEADLINE = Bounds(max_slowdown=0.0)  # no reference runs: only compile and run
 
@@ -102,6 +106,127 @@ def test_a_slot_that_frees_first_takes_a_task_pinned_elsewhere(ray_local):
     assert _times(on_long, "release")["moved"] >= _times(on_long, "prepare_end")["moved"]
     ray.kill(long_)
     ray.kill(short)
+
+
+def test_a_task_goes_to_the_node_it_would_rather_run_on(ray_local):
+    """``run(task, near=node)`` (a full evaluation after its speed screen, whose
+    executable is in that node's compilation cache): a free slot there before one
+    elsewhere; compiled ahead on a slot there; a slot there that frees takes it before
+    tasks queued ahead of it, each passed at most once per slot; never a wait for it."""
+    actors = {
+        n: SleepEvaluator.remote(0.2, jitter=0.0, compile_s=0.1, node=n, run_s=run_s)
+        for n, run_s in (("n0", {"busy0": 2.0}), ("n1", {"busy1": 1.0}))
+    }
+    ray.get([a.release.remote(_sim_task("warm-up")) for a in actors.values()])
+
+    def started(key: str, what: str = "evaluate_start") -> list[tuple[str, float]]:
+        """(node, time) of each ``what`` of ``key``."""
+        return [(n, t) for n, a in actors.items()
+                for w, k, t in ray.get(a.log.remote()) if (w, k) == (what, key)]  # fmt: skip
+
+    first = lambda a, b: started(a)[0][1] < started(b)[0][1]  # noqa: E731
+
+    async def busy(pool):  # n0 held first and longest, n1 frees first
+        first = asyncio.ensure_future(pool.run(_sim_task("busy0")))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(pool.run(_sim_task("busy1")))
+        await asyncio.sleep(0.05)
+        return first, second
+
+    async def scenario(compile_ahead: int):
+        pool = EvaluatorPool(list(actors.values()), bounds=NO_DEADLINE, compile_ahead=compile_ahead)
+        await asyncio.gather(*(pool.run(_sim_task(f"learn{compile_ahead}-{i}")) for i in (0, 1)))
+        assert {s.node for s in pool.slots} == {"n0", "n1"}  # learnt from their results
+        # both free: the one on n1, though n0's slot comes first
+        assert (await pool.run(_sim_task(f"free{compile_ahead}"), near="n1")).ok
+        assert [n for n, _ in started(f"free{compile_ahead}")] == ["n1"]
+        held = await busy(pool)
+        if compile_ahead:  # pinned to n1's slot, though n0's has been held longer
+            assert (await pool.run(_sim_task("pinned"), near="n1")).ok
+            assert [n for n, _ in started("pinned", "prepare_start")] == ["n1"]
+            assert [n for n, _ in started("pinned")] == ["n1"]
+        else:  # n1 frees first: its task goes before the one queued ahead of it
+            plain = asyncio.ensure_future(pool.run(_sim_task("plain")))
+            await asyncio.sleep(0.05)
+            assert (await pool.run(_sim_task("near"), near="n1")).ok and (await plain).ok
+            assert [n for n, _ in started("near")] == ["n1"] and first("near", "plain")
+        await asyncio.gather(*held)
+        if compile_ahead:
+            return
+        # near a node no slot is on: first come, first served
+        held = await busy(pool)
+        keys = ["fifo-0", "fifo-1"]
+        queued = []
+        for key, near in zip(keys, (None, "elsewhere"), strict=True):
+            queued.append(asyncio.ensure_future(pool.run(_sim_task(key), near=near)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*queued, *held)
+        assert first(*keys)
+
+    asyncio.run(scenario(0))
+    asyncio.run(scenario(1))
+    for a in actors.values():
+        ray.kill(a)
+
+
+def test_a_candidates_full_evaluations_are_asked_near_its_speed_screens(ray_local, tmp_path):
+    """The cascade asks for each candidate's full evaluation on an env near the node its
+    speed screen on that env ran on (the node the journal's speed row names)."""
+    actors = [SleepEvaluator.remote(0.05, jitter=0.0, node=n) for n in ("n0", "n1")]
+    pool = EvaluatorPool(actors, bounds=Bounds(max_slowdown=100.0, floor_s=60.0))
+    asked: dict[str, str | None] = {}
+    run = pool.run
+
+    async def spy(task, near=None):  # the real pool, its requests recorded
+        asked[task.key] = near
+        return await run(task, near=near)
+
+    pool.run = spy
+    config = tiny_discovery(
+        **{"envs": ["CartPole-v1", "Breakout-MinAtar"], "cascade.speed_updates": 2,
+           "search.refinements": 2}
+    )  # fmt: skip
+    mutator = MutatorPool([SleepMutator.options(max_concurrency=100).remote(0.0)])
+    asyncio.run(Discovery.create(config, tmp_path, evaluator_pool=pool, mutator_pool=mutator).run())
+    df = read(tmp_path).to_pandas()
+    speed = df[(df.row_type == "evaluation") & (df.stage == "speed")]
+    assert len(speed) == 4 * 2 and set(speed.node) <= {"n0", "n1"}  # 4 candidates x 2 envs
+    for r in speed.itertuples():
+        assert asked[f"{r.candidate_id}/full/{r.env}"] == r.node
+    assert all(near is None for key, near in asked.items() if "/full/" not in key)
+    for a in actors:
+        ray.kill(a)
+
+
+def test_a_task_queued_first_is_passed_at_most_once_per_slot(ray_local):
+    """Tasks near the freed slot's node go first, but each task queued before them is
+    passed at most once per slot: with two slots (one held by a long run), the task
+    queued first runs third, after two of the four queued after it for the slot that
+    keeps freeing."""
+    actors = [SleepEvaluator.remote(0.2, jitter=0.0, node=n, run_s=run_s)
+              for n, run_s in (("n0", {}), ("n1", {"busy1": 5.0}))]  # fmt: skip
+    ray.get([a.release.remote(_sim_task("warm-up")) for a in actors])
+    pool = EvaluatorPool(actors)
+
+    async def scenario():
+        await asyncio.gather(*(pool.run(_sim_task(f"learn{i}")) for i in (0, 1)))
+        held = [asyncio.ensure_future(pool.run(_sim_task(f"busy{i}"))) for i in (0, 1)]
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(pool.run(_sim_task("first")))]
+        await asyncio.sleep(0.01)
+        for i in range(4):
+            queued.append(asyncio.ensure_future(pool.run(_sim_task(f"n0-{i}"), near="n0")))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*held, *queued)
+
+    asyncio.run(scenario())
+    starts = {}
+    for a in actors:
+        starts.update(_times(ray.get(a.log.remote()), "evaluate_start"))
+    order = sorted(("first", *(f"n0-{i}" for i in range(4))), key=starts.get)
+    assert order.index("first") == 2, order
+    for a in actors:
+        ray.kill(a)
 
 
 def test_work_compiled_ahead_is_compiled_again_after_a_deadline_kill(ray_local):

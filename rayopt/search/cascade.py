@@ -39,6 +39,9 @@ class Cascade:
         self._floor: dict[str, asyncio.Future[float]] = {}
         # initial and reference optimisers: one evaluation shared by every meta-seed
         self._memo: dict[tuple, asyncio.Future[EvalOutcome]] = {}
+        # candidate -> env -> the node its speed screen ran on: its full evaluation
+        # would rather run there, where the executable is in the compilation cache
+        self._screened_on: dict[str, dict[str, str]] = {}
 
     async def assess(
         self,
@@ -108,6 +111,7 @@ class Cascade:
         if cfg.cascade.enabled and is_mutated(c) and c.id not in s.screened:
             why, kind = await self.screen(s, c, spec, where)
             if why:
+                self._screened_on.pop(c.id, None)
                 s.dropped += 1
                 return Verdict("screened_out", c, why, kind)
         return await self.evaluate_all(s, c, spec, where)
@@ -163,9 +167,9 @@ class Cascade:
         """The first ``cascade.speed_updates`` PPO updates of ``c``'s full evaluation on
         every env (its executable, its seeds), timed after compile against the
         reference's (Adam) on the same evaluator: (rows, why it is too slow, kind) or
-        (rows, "", ""). Only on a bounded pool (it holds the reference's times). A full
-        evaluation on the same node then loads that executable from the node's
-        compilation cache instead of compiling again."""
+        (rows, "", ""). Only on a bounded pool (it holds the reference's times). The
+        full evaluation then goes to the same node when a slot there is free, and loads
+        that executable from the node's compilation cache instead of compiling again."""
         cfg = self.config
         bounds = getattr(self.evaluators, "bounds", None)
         if not cfg.cascade.speed_updates or bounds is None or not bounds.max_slowdown:
@@ -177,6 +181,7 @@ class Cascade:
             return dataclasses.replace(full, key=f"{c.id}/speed/{env}", num_updates=n)
 
         outs = await asyncio.gather(*(self.evaluators.run(task(env)) for env in cfg.envs))
+        self._screened_on[c.id] = {o.task.config.env: o.node for o in outs if o.ok and o.node}
         rows: list[dict] = []
         why = kind = ""
         for o in outs:
@@ -214,9 +219,10 @@ class Cascade:
         failed before a crash (resume) fixes the verdict: nothing is trained again."""
         cfg = self.config
         failed_before = c.id in s.failed_envs
+        near = self._screened_on.pop(c.id, {})
         outcomes = await asyncio.gather(
             *(
-                self.evaluate(s, c, spec, env, where)
+                self.evaluate(s, c, spec, env, where, near=near.get(env))
                 for env in cfg.envs
                 if env not in c.final_return and not failed_before
             )
@@ -294,11 +300,19 @@ class Cascade:
         )
 
     async def evaluate(
-        self, s: Search, c: Candidate, spec: OptimiserSpec, env: str, where: dict
+        self,
+        s: Search,
+        c: Candidate,
+        spec: OptimiserSpec,
+        env: str,
+        where: dict,
+        near: str | None = None,
     ) -> EvalOutcome:
+        """``c``'s full evaluation on ``env`` (on node ``near`` when a slot there is
+        free), journalled."""
         task = self.full_task(c, spec, env)
         if is_mutated(c):
-            out = await self.evaluators.run(task)
+            out = await self.evaluators.run(task, near=near)
         else:  # the same program, config and seeds in every meta-seed: train it once
             memo = (spec.code, spec.kind, spec.name, task.config, task.seeds, task.fast_compile)
             if memo not in self._memo:

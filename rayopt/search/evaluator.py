@@ -306,6 +306,7 @@ class _Slot:
     # tasks compiling ahead on this slot's evaluator while it is held, next first
     ahead: collections.deque[_Waiter] = dataclasses.field(default_factory=collections.deque)
     generation: int = 0  # bumped when the pool kills its evaluator (compiled work is lost)
+    node: str | None = None  # its evaluator's node, as its last result said
 
 
 @dataclasses.dataclass(eq=False)
@@ -315,6 +316,8 @@ class _Waiter:
 
     task: EvalTask | None  # None: a call that is not an evaluation (``EvaluatorPool.call``)
     future: asyncio.Future
+    near: str | None = None  # the node it would rather run on (``EvaluatorPool.run``)
+    passed: int = 0  # times a later task went first to a slot on its own node
     pinned: _Slot | None = None
     prep: asyncio.Future | None = None
     prep_generation: int = 0
@@ -332,6 +335,14 @@ class EvaluatorPool:
     threads, so each starts running the moment the slot frees. A slot that frees goes to
     its own next pinned task, else to the first unpinned one, else to a task pinned
     elsewhere (its compiled work is dropped): no slot idles while a task waits.
+
+    ``run(task, near=node)``: the task would rather run on that node (where its
+    executable is in the node's compilation cache: a candidate's full evaluation after
+    its speed screen). It takes a free slot there before a free slot elsewhere, is
+    compiled ahead on a slot there before one elsewhere, and when a slot there frees
+    while the pool spans several nodes, it goes before the unpinned tasks queued ahead
+    of it, each of which is passed so at most once per slot (no task waits forever). It
+    never waits for its node while another slot is free.
     """
 
     def __init__(
@@ -398,17 +409,18 @@ class EvaluatorPool:
 
     # ------------------------------------------------------------ slots
     async def _acquire(
-        self, task: EvalTask | None, first: bool = False
+        self, task: EvalTask | None, first: bool = False, near: str | None = None
     ) -> tuple[_Slot, _Waiter | None]:
-        """A slot for ``task``: a free one at once, else the first one handed to it
-        (``first``: ahead of the queue). ``task`` is None for a call that is not an
-        evaluation (never compiled ahead)."""
+        """A slot for ``task``: a free one at once (on node ``near`` if one there is
+        free), else the first one handed to it (``first``: ahead of the queue). ``task``
+        is None for a call that is not an evaluation (never compiled ahead)."""
         self._check_loop()
-        for s in self.slots:
-            if not s.held:
-                s.held = True
-                return s, None
-        w = _Waiter(task, asyncio.get_running_loop().create_future())
+        free = [s for s in self.slots if not s.held]
+        if free:
+            s = next((s for s in free if near is not None and s.node == near), free[0])
+            s.held = True
+            return s, None
+        w = _Waiter(task, asyncio.get_running_loop().create_future(), near=near)
         if first:
             self._waiters.appendleft(w)
         else:
@@ -430,6 +442,7 @@ class EvaluatorPool:
         for w in [w for w in self._waiters if w.future.done()]:  # cancelled, not yet resumed
             self._forget(w)
         nxt = slot.ahead[0] if slot.ahead else None
+        nxt = nxt or self._near_waiter(slot)
         nxt = nxt or next((w for w in self._waiters if w.pinned is None), None)
         nxt = nxt or (self._waiters[0] if self._waiters else None)
         if nxt is None:
@@ -442,6 +455,25 @@ class EvaluatorPool:
             self._waiters.remove(nxt)
             nxt.future.set_result(slot)
         self._plan_ahead()
+
+    def _near_waiter(self, slot: _Slot) -> _Waiter | None:
+        """The first unpinned waiter that would rather run on ``slot``'s node, when the
+        pool spans several nodes and no unpinned waiter before it has been passed once
+        per slot already; the waiters it passes count it."""
+        if slot.node is None or len({s.node for s in self.slots} - {None}) < 2:
+            return None
+        before: list[_Waiter] = []
+        for w in self._waiters:
+            if w.pinned is not None:
+                continue
+            if w.near == slot.node:
+                if any(b.passed >= len(self.slots) for b in before):
+                    return None
+                for b in before:
+                    b.passed += 1
+                return w
+            before.append(w)
+        return None
 
     def _forget(self, w: _Waiter) -> None:
         """``w`` stops waiting (cancelled): drop it and its compile-ahead."""
@@ -470,7 +502,8 @@ class EvaluatorPool:
             room = [s for s in self.slots if s.held and len(s.ahead) < self.compile_ahead]
             if not room:
                 return
-            slot = min(room, key=lambda s: (len(s.ahead), s.since or math.inf))
+            near = [s for s in room if w.near is not None and s.node == w.near]
+            slot = min(near or room, key=lambda s: (len(s.ahead), s.since or math.inf))
             slot.ahead.append(w)
             w.pinned, w.prep_generation = slot, slot.generation
             w.prep = asyncio.ensure_future(_ref(slot.actor.prepare.remote(
@@ -479,15 +512,16 @@ class EvaluatorPool:
             self.compiled_ahead += 1
 
     # ------------------------------------------------------------ running a task
-    async def run(self, task: EvalTask) -> EvalOutcome:
-        """Evaluate ``task`` on the next free slot; never raises for evaluation errors."""
+    async def run(self, task: EvalTask, near: str | None = None) -> EvalOutcome:
+        """Evaluate ``task`` on the next free slot (``near``: a node it would rather run
+        on, see the class docstring); never raises for evaluation errors."""
         self.pending += 1
         try:
             error = "no attempt made"
             slot: _Slot | None = None
             for attempt in range(1, self.max_attempts + 1):
                 if slot is None:
-                    slot, waiter = await self._acquire(task)
+                    slot, waiter = await self._acquire(task, near=near)
                 keep = False  # the slot goes back whatever happens, but for a retry on it
                 try:
                     t0 = slot.since = time.monotonic()
@@ -504,6 +538,8 @@ class EvaluatorPool:
                         slot.since = None
                     # counted with the busy time it is a share of (finished work)
                     self.compile_wait_s += _compile_wait(out)
+                    if isinstance(out, dict) and out.get("node"):
+                        slot.node = out["node"]
                     if isinstance(out, _Stopped):  # a deadline or the memory budget
                         if out.kill:
                             await self._kill(slot)
@@ -526,6 +562,7 @@ class EvaluatorPool:
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
                     slot.generation += 1  # whatever it had compiled ahead is gone
+                    slot.node = None  # Ray may restart it on another node
                     # Ray restarts it (elsewhere if its node is gone): the retry runs on
                     # the restarted evaluator, whose slot this task keeps meanwhile
                     keep = await _until_alive(slot.actor)
@@ -666,6 +703,7 @@ class EvaluatorPool:
         comes."""
         t0 = time.monotonic()
         slot.generation += 1
+        slot.node = None  # Ray may restart it on another node
         ray.kill(slot.actor, no_restart=False)
         self.killed += 1
         await asyncio.sleep(0.2)  # let the death register before asking for readiness

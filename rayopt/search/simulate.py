@@ -26,7 +26,8 @@ class SleepEvaluator:
     while an evaluation runs, as on an accelerator whose host compiles), and an
     ``evaluate`` of a task that was not prepared first spends it before running.
     ``run_s`` gives some tasks (by key) a run time of their own. ``log()`` tells what
-    ran when (for tests of the pool's compile-ahead)."""
+    ran when (for tests of the pool's compile-ahead); ``node`` is the node its results
+    name (for tests of the pool's node preference)."""
 
     def __init__(
         self,
@@ -35,8 +36,10 @@ class SleepEvaluator:
         seed: int = 0,
         compile_s: float = 0.0,
         run_s: dict[str, float] | None = None,
+        node: str = "sim",
     ):
         self.seconds = seconds
+        self.node = node
         self.run_s = run_s or {}
         self.jitter = jitter
         self.compile_s = compile_s
@@ -78,7 +81,7 @@ class SleepEvaluator:
             finite=np.ones(n, bool),
             compile_s=self.compile_s,
             run_s=seconds,
-            node="sim",
+            node=self.node,
             evaluator="sleep",
         )
 
