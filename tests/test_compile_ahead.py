@@ -202,7 +202,7 @@ def test_a_task_queued_first_is_passed_at_most_once_per_slot(ray_local):
     """Tasks near the freed slot's node go first, but each task queued before them is
     passed at most once per slot: with two slots (one held by a long run), the task
     queued first runs third, after two of the four queued after it for the slot that
-    keeps freeing."""
+    keeps freeing. A side call (``EvaluatorPool.call``) is never passed."""
     actors = [SleepEvaluator.remote(0.2, jitter=0.0, node=n, run_s=run_s)
               for n, run_s in (("n0", {}), ("n1", {"busy1": 5.0}))]  # fmt: skip
     ray.get([a.release.remote(_sim_task("warm-up")) for a in actors])
@@ -217,9 +217,14 @@ def test_a_task_queued_first_is_passed_at_most_once_per_slot(ray_local):
         for i in range(4):
             queued.append(asyncio.ensure_future(pool.run(_sim_task(f"n0-{i}"), near="n0")))
             await asyncio.sleep(0.01)
+        side = asyncio.ensure_future(pool.call("log"))  # goes first, as the cascade's floor
         await asyncio.gather(*held, *queued)
+        return await side
 
-    asyncio.run(scenario())
+    seen_by_side = asyncio.run(scenario())
+    # it ran on n0 when busy0 ended, before any task near n0 started
+    assert "busy0" in _times(seen_by_side, "evaluate_end")
+    assert not [k for k in _times(seen_by_side, "evaluate_start") if k.startswith("n0-")]
     starts = {}
     for a in actors:
         starts.update(_times(ray.get(a.log.remote()), "evaluate_start"))

@@ -459,13 +459,16 @@ class EvaluatorPool:
     def _near_waiter(self, slot: _Slot) -> _Waiter | None:
         """The first unpinned waiter that would rather run on ``slot``'s node, when the
         pool spans several nodes and no unpinned waiter before it has been passed once
-        per slot already; the waiters it passes count it."""
+        per slot already nor is a side call (``call``, which goes first); the waiters it
+        passes count it."""
         if slot.node is None or len({s.node for s in self.slots} - {None}) < 2:
             return None
         before: list[_Waiter] = []
         for w in self._waiters:
             if w.pinned is not None:
                 continue
+            if w.task is None:
+                return None
             if w.near == slot.node:
                 if any(b.passed >= len(self.slots) for b in before):
                     return None
