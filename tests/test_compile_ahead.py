@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -111,8 +112,9 @@ def test_a_slot_that_frees_first_takes_a_task_pinned_elsewhere(ray_local):
 def test_a_task_goes_to_the_node_it_would_rather_run_on(ray_local):
     """``run(task, near=node)`` (a full evaluation after its speed screen, whose
     executable is in that node's compilation cache): a free slot there before one
-    elsewhere; compiled ahead on a slot there; a slot there that frees takes it before
-    tasks queued ahead of it, each passed at most once per slot; never a wait for it."""
+    elsewhere; compiled ahead on a slot there, before tasks queued ahead of it when a
+    slot there has room; a slot there that frees takes it before tasks queued ahead of
+    it; never a wait for it."""
     actors = {
         n: SleepEvaluator.remote(0.2, jitter=0.0, compile_s=0.1, node=n, run_s=run_s)
         for n, run_s in (("n0", {"busy0": 2.0}), ("n1", {"busy1": 1.0}))
@@ -124,14 +126,15 @@ def test_a_task_goes_to_the_node_it_would_rather_run_on(ray_local):
         return [(n, t) for n, a in actors.items()
                 for w, k, t in ray.get(a.log.remote()) if (w, k) == (what, key)]  # fmt: skip
 
-    first = lambda a, b: started(a)[0][1] < started(b)[0][1]  # noqa: E731
+    def began_before(a: str, b: str) -> bool:
+        return started(a)[0][1] < started(b)[0][1]
 
     async def busy(pool):  # n0 held first and longest, n1 frees first
-        first = asyncio.ensure_future(pool.run(_sim_task("busy0")))
+        held = [asyncio.ensure_future(pool.run(_sim_task("busy0")))]
         await asyncio.sleep(0.05)
-        second = asyncio.ensure_future(pool.run(_sim_task("busy1")))
+        held.append(asyncio.ensure_future(pool.run(_sim_task("busy1"))))
         await asyncio.sleep(0.05)
-        return first, second
+        return held
 
     async def scenario(compile_ahead: int):
         pool = EvaluatorPool(list(actors.values()), bounds=NO_DEADLINE, compile_ahead=compile_ahead)
@@ -145,11 +148,21 @@ def test_a_task_goes_to_the_node_it_would_rather_run_on(ray_local):
             assert (await pool.run(_sim_task("pinned"), near="n1")).ok
             assert [n for n, _ in started("pinned", "prepare_start")] == ["n1"]
             assert [n for n, _ in started("pinned")] == ["n1"]
+            await asyncio.gather(*held)
+            # a queue longer than the room ahead: p0 and p1 take the room on n0 and n1;
+            # when n1 frees (p1 runs), its room goes to x, near n1, before p2
+            held = await busy(pool)
+            order = (("p0", None), ("p1", None), ("p2", None), ("x", "n1"))
+            queued = [asyncio.ensure_future(pool.run(_sim_task(k), near=n)) for k, n in order]
+            await asyncio.gather(*queued)
+            assert "n0" in [n for n, _ in started("p0", "prepare_start")]
+            assert [n for n, _ in started("x", "prepare_start")] == ["n1"]
+            assert [n for n, _ in started("x")] == ["n1"] and began_before("x", "p2")
         else:  # n1 frees first: its task goes before the one queued ahead of it
             plain = asyncio.ensure_future(pool.run(_sim_task("plain")))
             await asyncio.sleep(0.05)
             assert (await pool.run(_sim_task("near"), near="n1")).ok and (await plain).ok
-            assert [n for n, _ in started("near")] == ["n1"] and first("near", "plain")
+            assert [n for n, _ in started("near")] == ["n1"] and began_before("near", "plain")
         await asyncio.gather(*held)
         if compile_ahead:
             return
@@ -161,7 +174,7 @@ def test_a_task_goes_to_the_node_it_would_rather_run_on(ray_local):
             queued.append(asyncio.ensure_future(pool.run(_sim_task(key), near=near)))
             await asyncio.sleep(0.01)
         await asyncio.gather(*queued, *held)
-        assert first(*keys)
+        assert began_before(*keys)
 
     asyncio.run(scenario(0))
     asyncio.run(scenario(1))
@@ -174,37 +187,39 @@ def test_a_candidates_full_evaluations_are_asked_near_its_speed_screens(ray_loca
     speed screen on that env ran on (the node the journal's speed row names)."""
     actors = [SleepEvaluator.remote(0.05, jitter=0.0, node=n) for n in ("n0", "n1")]
     pool = EvaluatorPool(actors, bounds=Bounds(max_slowdown=100.0, floor_s=60.0))
-    asked: dict[str, str | None] = {}
+    asked: list[tuple[str, str | None]] = []  # (task key, near); keys recur per meta-seed
     run = pool.run
 
     async def spy(task, near=None):  # the real pool, its requests recorded
-        asked[task.key] = near
+        asked.append((task.key, near))
         return await run(task, near=near)
 
     pool.run = spy
     config = tiny_discovery(
         **{"envs": ["CartPole-v1", "Breakout-MinAtar"], "cascade.speed_updates": 2,
-           "search.refinements": 2}
+           "search.refinements": 2, "meta_seeds": [0, 1]}
     )  # fmt: skip
     mutator = MutatorPool([SleepMutator.options(max_concurrency=100).remote(0.0)])
     asyncio.run(Discovery.create(config, tmp_path, evaluator_pool=pool, mutator_pool=mutator).run())
     df = read(tmp_path).to_pandas()
     speed = df[(df.row_type == "evaluation") & (df.stage == "speed")]
-    assert len(speed) == 4 * 2 and set(speed.node) <= {"n0", "n1"}  # 4 candidates x 2 envs
-    for r in speed.itertuples():
-        assert asked[f"{r.candidate_id}/full/{r.env}"] == r.node
-    assert all(near is None for key, near in asked.items() if "/full/" not in key)
+    # 2 meta-seeds x 4 candidates x 2 envs, whose candidate ids are the same in both
+    assert len(speed) == 2 * 4 * 2 and set(speed.node) <= {"n0", "n1"}
+    full = Counter((k, near) for k, near in asked if "/full/" in k and near is not None)
+    assert full == Counter((f"{r.candidate_id}/full/{r.env}", r.node) for r in speed.itertuples())
+    assert all(near is None for key, near in asked if "/full/" not in key)
     for a in actors:
         ray.kill(a)
 
 
-def test_a_task_queued_first_is_passed_at_most_once_per_slot(ray_local):
+def test_a_task_queued_first_is_passed_at_most_as_often_as_there_are_slots(ray_local):
     """Tasks near the freed slot's node go first, but each task queued before them is
-    passed at most once per slot: with two slots (one held by a long run), the task
-    queued first runs third, after two of the four queued after it for the slot that
-    keeps freeing. A side call (``EvaluatorPool.call``) is never passed."""
+    passed at most as many times as the pool has slots: with two slots (one held by a
+    long run), the task queued first runs third, after two of the four queued after it
+    for the slot that keeps freeing. A side call (``EvaluatorPool.call``) is never
+    passed."""
     actors = [SleepEvaluator.remote(0.2, jitter=0.0, node=n, run_s=run_s)
-              for n, run_s in (("n0", {}), ("n1", {"busy1": 5.0}))]  # fmt: skip
+              for n, run_s in (("n0", {"busy0": 1.0}), ("n1", {"busy1": 5.0}))]  # fmt: skip
     ray.get([a.release.remote(_sim_task("warm-up")) for a in actors])
     pool = EvaluatorPool(actors)
 
@@ -212,11 +227,10 @@ def test_a_task_queued_first_is_passed_at_most_once_per_slot(ray_local):
         await asyncio.gather(*(pool.run(_sim_task(f"learn{i}")) for i in (0, 1)))
         held = [asyncio.ensure_future(pool.run(_sim_task(f"busy{i}"))) for i in (0, 1)]
         await asyncio.sleep(0.05)
+        # queued in this order (tasks start in the order they are created)
         queued = [asyncio.ensure_future(pool.run(_sim_task("first")))]
-        await asyncio.sleep(0.01)
         for i in range(4):
             queued.append(asyncio.ensure_future(pool.run(_sim_task(f"n0-{i}"), near="n0")))
-            await asyncio.sleep(0.01)
         side = asyncio.ensure_future(pool.call("log"))  # goes first, as the cascade's floor
         await asyncio.gather(*held, *queued)
         return await side

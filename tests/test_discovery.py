@@ -68,10 +68,14 @@ def _discover(*args: str) -> list[str]:
 
 
 def test_kill_driver_then_resume_exactly_once(ray_local, tmp_path):
-    # one generation of two-step lineages: killed after a lineage's first step, the
-    # resumed driver rebuilds that lineage from the journal, finishes the in-flight one
-    # and ends the generation (migration included)
-    config = tiny_discovery(**{"search.refinements": 2, "address": ray_local})
+    # one island, two generations of two-step lineages (4 candidates): killed after the
+    # first step, the resumed driver rebuilds that lineage from the journal, finishes it
+    # and starts the next generation from the journal-restored archive (migration across
+    # islands: test_resume.py)
+    config = tiny_discovery(
+        **{"islands.count": 1, "search.generations": 2, "search.refinements": 2,
+           "address": ray_local}
+    )  # fmt: skip
     path = tmp_path / "config.yaml"
     path.write_text(dump(config))
     run_dir = tmp_path / "run"
@@ -100,7 +104,7 @@ def test_kill_driver_then_resume_exactly_once(ray_local, tmp_path):
     )
     before = read(run_dir).to_pandas()
     ended = (before.event == "generation_end").sum()
-    assert ended < config.islands.count, "killed too late to test resume"
+    assert ended < config.search.generations, "killed too late to test resume"
 
     resumed = subprocess.run(
         _discover("--resume", str(run_dir)), capture_output=True, text=True, timeout=600

@@ -39,9 +39,6 @@ class Cascade:
         self._floor: dict[str, asyncio.Future[float]] = {}
         # initial and reference optimisers: one evaluation shared by every meta-seed
         self._memo: dict[tuple, asyncio.Future[EvalOutcome]] = {}
-        # candidate -> env -> the node its speed screen ran on: its full evaluation
-        # would rather run there, where the executable is in the compilation cache
-        self._screened_on: dict[str, dict[str, str]] = {}
 
     async def assess(
         self,
@@ -108,20 +105,21 @@ class Cascade:
                 return Verdict("rejected", c, why, "literals")
         self.journal.write(s, pending)
         spec = OptimiserSpec(name=c.name or c.id, kind="symbolic", code=c.code)
+        near: dict[str, str] = {}
         if cfg.cascade.enabled and is_mutated(c) and c.id not in s.screened:
-            why, kind = await self.screen(s, c, spec, where)
+            why, kind, near = await self.screen(s, c, spec, where)
             if why:
-                self._screened_on.pop(c.id, None)
                 s.dropped += 1
                 return Verdict("screened_out", c, why, kind)
-        return await self.evaluate_all(s, c, spec, where)
+        return await self.evaluate_all(s, c, spec, where, near)
 
     async def screen(
         self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, dict[str, str]]:
         """The cascade's short run, then the speed screen; writes their rows and the
         verdict together. Returns (why ``c`` fell out, its kind: screen, timeout,
-        memory, too_slow), or ("", "") when it passed."""
+        memory, too_slow), or ("", ""), when it passed; then env -> the node its speed
+        screen ran on."""
         cfg = self.config
         env = cfg.cascade.env
         ppo = cfg.ppo_config(env).replace(total_timesteps=cfg.cascade.total_timesteps)
@@ -149,8 +147,9 @@ class Cascade:
                     f"collapsed: return {ret:.3g} < {cfg.cascade.random_margin} x "
                     f"random policy {floor:.3g}"
                 )
+        near: dict[str, str] = {}
         if not why:
-            speed_rows, why, kind = await self.speed_screen(c, spec, where)
+            speed_rows, why, kind, near = await self.speed_screen(c, spec, where)
             rows += speed_rows
         verdict = (
             dict(event="screened_out", **where, error=why, error_kind=kind, status=kind)
@@ -159,21 +158,22 @@ class Cascade:
         )
         self.journal.write(s, [*rows, verdict])
         s.screened.add(c.id)
-        return why, kind
+        return why, kind, near
 
     async def speed_screen(
         self, c: Candidate, spec: OptimiserSpec, where: dict
-    ) -> tuple[list[dict], str, str]:
+    ) -> tuple[list[dict], str, str, dict[str, str]]:
         """The first ``cascade.speed_updates`` PPO updates of ``c``'s full evaluation on
         every env (its executable, its seeds), timed after compile against the
         reference's (Adam) on the same evaluator: (rows, why it is too slow, kind) or
-        (rows, "", ""). Only on a bounded pool (it holds the reference's times). The
-        full evaluation then goes to the same node when a slot there is free, and loads
-        that executable from the node's compilation cache instead of compiling again."""
+        (rows, "", ""), then env -> the node it ran on. Only on a bounded pool (it holds
+        the reference's times). The full evaluation asks for that node (the pool's
+        ``near``), where it loads the executable from the node's compilation cache
+        instead of compiling it again."""
         cfg = self.config
         bounds = getattr(self.evaluators, "bounds", None)
         if not cfg.cascade.speed_updates or bounds is None or not bounds.max_slowdown:
-            return [], "", ""
+            return [], "", "", {}
 
         def task(env: str) -> EvalTask:
             full = self.full_task(c, spec, env)
@@ -181,7 +181,7 @@ class Cascade:
             return dataclasses.replace(full, key=f"{c.id}/speed/{env}", num_updates=n)
 
         outs = await asyncio.gather(*(self.evaluators.run(task(env)) for env in cfg.envs))
-        self._screened_on[c.id] = {o.task.config.env: o.node for o in outs if o.ok and o.node}
+        near = {o.task.config.env: o.node for o in outs if o.ok and o.node}
         rows: list[dict] = []
         why = kind = ""
         for o in outs:
@@ -210,16 +210,22 @@ class Cascade:
             elif not o.ok:
                 why = f"speed screen on {env} failed: {o.error}"
                 kind = o.error_kind if o.error_kind in ("timeout", "memory") else "screen"
-        return rows, why, kind
+        return rows, why, kind, near
 
     async def evaluate_all(
-        self, s: Search, c: Candidate, spec: OptimiserSpec, where: dict
+        self,
+        s: Search,
+        c: Candidate,
+        spec: OptimiserSpec,
+        where: dict,
+        near: dict[str, str] | None = None,
     ) -> Verdict:
-        """Every environment not yet journalled for ``c``, then the verdict. An env that
-        failed before a crash (resume) fixes the verdict: nothing is trained again."""
+        """Every environment not yet journalled for ``c`` (each near the node ``near``
+        names for it), then the verdict. An env that failed before a crash (resume)
+        fixes the verdict: nothing is trained again."""
         cfg = self.config
         failed_before = c.id in s.failed_envs
-        near = self._screened_on.pop(c.id, {})
+        near = near or {}
         outcomes = await asyncio.gather(
             *(
                 self.evaluate(s, c, spec, env, where, near=near.get(env))

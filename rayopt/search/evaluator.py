@@ -339,10 +339,11 @@ class EvaluatorPool:
     ``run(task, near=node)``: the task would rather run on that node (where its
     executable is in the node's compilation cache: a candidate's full evaluation after
     its speed screen). It takes a free slot there before a free slot elsewhere, is
-    compiled ahead on a slot there before one elsewhere, and when a slot there frees
-    while the pool spans several nodes, it goes before the unpinned tasks queued ahead
-    of it, each of which is passed so at most once per slot (no task waits forever). It
-    never waits for its node while another slot is free.
+    and when the pool spans several nodes, goes before the unpinned tasks queued ahead
+    of it for a slot there: to be compiled ahead on it (when it is held with room ahead)
+    or to run on it (when it frees). Each task is passed so at most as many times as
+    the pool has slots, so none waits without bound. It never waits for its node while
+    another slot is free.
     """
 
     def __init__(
@@ -458,14 +459,14 @@ class EvaluatorPool:
 
     def _near_waiter(self, slot: _Slot) -> _Waiter | None:
         """The first unpinned waiter that would rather run on ``slot``'s node, when the
-        pool spans several nodes and no unpinned waiter before it has been passed once
-        per slot already nor is a side call (``call``, which goes first); the waiters it
-        passes count it."""
+        pool spans several nodes and no unpinned waiter before it has been passed as
+        many times as there are slots already nor is a side call (``call``, which goes
+        first); the waiters it passes count it."""
         if slot.node is None or len({s.node for s in self.slots} - {None}) < 2:
             return None
         before: list[_Waiter] = []
         for w in self._waiters:
-            if w.pinned is not None:
+            if w.pinned is not None or w.future.done():  # done: cancelled, not yet resumed
                 continue
             if w.task is None:
                 return None
@@ -477,6 +478,12 @@ class EvaluatorPool:
                 return w
             before.append(w)
         return None
+
+    def _set_node(self, slot: _Slot, node: str | None) -> None:
+        """``slot``'s evaluator is on ``node`` (None: unknown), and so are its other slots."""
+        for s in self.slots:
+            if s.actor is slot.actor:
+                s.node = node
 
     def _forget(self, w: _Waiter) -> None:
         """``w`` stops waiting (cancelled): drop it and its compile-ahead."""
@@ -495,18 +502,22 @@ class EvaluatorPool:
             asyncio.ensure_future(_release_after(prep, slot.actor, w.task))
 
     def _plan_ahead(self) -> None:
-        """Pin waiting tasks to held slots with room ahead (the slot held longest first)
-        and start their compiles there."""
+        """Pin waiting tasks, first come first, to held slots with room ahead (on the
+        node a task would rather run on, else the slot held longest), and start their
+        compiles there; a task near a slot's node may go first (``_near_waiter``)."""
         if not self.compile_ahead:
             return
-        for w in self._waiters:
-            if w.pinned is not None or w.future.done() or w.task is None:
-                continue
+        while True:
             room = [s for s in self.slots if s.held and len(s.ahead) < self.compile_ahead]
-            if not room:
+            head = next((w for w in self._waiters if w.pinned is None and not w.future.done()
+                         and w.task is not None), None)  # fmt: skip
+            if not room or head is None:
                 return
-            near = [s for s in room if w.near is not None and s.node == w.near]
+            # the first waiter's node if a slot there has room, else the emptiest slot
+            # held longest; a waiter that would rather run on that slot's node goes first
+            near = [s for s in room if head.near is not None and s.node == head.near]
             slot = min(near or room, key=lambda s: (len(s.ahead), s.since or math.inf))
+            w = self._near_waiter(slot) or head
             slot.ahead.append(w)
             w.pinned, w.prep_generation = slot, slot.generation
             w.prep = asyncio.ensure_future(_ref(slot.actor.prepare.remote(
@@ -542,7 +553,7 @@ class EvaluatorPool:
                     # counted with the busy time it is a share of (finished work)
                     self.compile_wait_s += _compile_wait(out)
                     if isinstance(out, dict) and out.get("node"):
-                        slot.node = out["node"]
+                        self._set_node(slot, out["node"])
                     if isinstance(out, _Stopped):  # a deadline or the memory budget
                         if out.kill:
                             await self._kill(slot)
@@ -565,7 +576,7 @@ class EvaluatorPool:
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
                     error = f"evaluator died: {type(err).__name__}"
                     slot.generation += 1  # whatever it had compiled ahead is gone
-                    slot.node = None  # Ray may restart it on another node
+                    self._set_node(slot, None)  # Ray may restart it on another node
                     # Ray restarts it (elsewhere if its node is gone): the retry runs on
                     # the restarted evaluator, whose slot this task keeps meanwhile
                     keep = await _until_alive(slot.actor)
@@ -706,7 +717,7 @@ class EvaluatorPool:
         comes."""
         t0 = time.monotonic()
         slot.generation += 1
-        slot.node = None  # Ray may restart it on another node
+        self._set_node(slot, None)  # Ray may restart it on another node
         ray.kill(slot.actor, no_restart=False)
         self.killed += 1
         await asyncio.sleep(0.2)  # let the death register before asking for readiness
