@@ -339,11 +339,11 @@ class EvaluatorPool:
     ``run(task, near=node)``: the task would rather run on that node (where its
     executable is in the node's compilation cache: a candidate's full evaluation after
     its speed screen). It takes a free slot there before a free slot elsewhere, is
-    and when the pool spans several nodes, goes before the unpinned tasks queued ahead
-    of it for a slot there: to be compiled ahead on it (when it is held with room ahead)
-    or to run on it (when it frees). Each task is passed so at most as many times as
-    the pool has slots, so none waits without bound. It never waits for its node while
-    another slot is free.
+    compiled ahead on a held slot there with room before one elsewhere, and, when the
+    pool spans several nodes, goes before the unpinned tasks queued ahead of it for a
+    slot there: to be compiled ahead on it (when room opens there) or to run on it (when
+    it frees). Each task is passed so at most as many times as the pool has slots, so
+    none waits without bound. It never waits for its node while another slot is free.
     """
 
     def __init__(
